@@ -1,0 +1,24 @@
+# The two commands in the README. Each makes .venv from nothing if it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdirs/demo
+
+.PHONY: demo test install clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m gendistill.demo --workdir=$(WORKDIR)
+
+test: install
+	$(PY) -m pytest -n 2 tests
+
+clean:
+	rm -rf $(VENV) workdirs
