@@ -1,0 +1,19 @@
+"""CPU-only XLA flags, set in one place.
+
+jaxlib 0.10 routes convolutions on CPU to YNNPACK, whose convolution backward is several times slower than
+XLA's own; restricting YNNPACK to dots roughly halves a UNet training step on CPU (see ../shared/STYLE.md).
+The flag is read by the CPU backend only, so it changes nothing on GPU/TPU, and it never changes results.
+It only takes effect if set before jax initialises its backends, i.e. before the first computation.
+"""
+import os
+
+CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",)
+
+
+def apply_cpu_flags() -> None:
+  flags = os.environ.get("XLA_FLAGS", "")
+  for flag in CPU_XLA_FLAGS:
+    name = flag.split("=")[0]
+    if name not in flags:
+      flags = (flags + " " + flag).strip()
+  os.environ["XLA_FLAGS"] = flags

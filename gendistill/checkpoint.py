@@ -1,0 +1,110 @@
+"""Checkpoints through orbax's CheckpointManager: async, atomic, keep the last N.
+
+A checkpoint holds the TrainState and the data iterator's position, so a resumed run continues exactly.
+Nothing else in the library touches orbax.
+"""
+import json
+import os
+from typing import Any, Optional, Tuple
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from gendistill import state as state_lib
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+class Checkpointer:
+
+  def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: state_lib.TrainState, data_state: Any, force: bool = False) -> bool:
+    """Saves unless a parameter is non-finite (a broken state is never written: that raises)."""
+    if not bool(jax.device_get(state_lib.tree_all_finite((state.params, state.ema)))):
+      raise CheckpointError(f"Refusing to save step {step}: the parameters contain NaN or Inf.")
+    return self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      data=ocp.args.JsonSave(data_state or {})), force=force)
+
+  def restore(self, abstract_state, step: Optional[int] = None) -> Tuple[state_lib.TrainState, Any, int]:
+    """Restores `step` (default: the newest readable one, falling back to older ones with a warning).
+
+    `abstract_state` (from jax.eval_shape of the objective's init, shardings included if wanted) fixes the
+    structure; a checkpoint written for another model fails with a CheckpointError that says so.
+    """
+    steps = [step] if step is not None else list(reversed(self.all_steps()))
+    if not steps:
+      raise CheckpointError(f"No checkpoint in {self.directory}.")
+    errors = []
+    for s in steps:
+      try:
+        restored = self._manager.restore(
+            s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                       data=ocp.args.JsonRestore()))
+        if errors:
+          logging.warning("Restored step %d after failing to read newer checkpoints: %s", s, errors)
+        return restored.state, restored.data, s
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(f"step {s}: {type(e).__name__}: {e}")
+        logging.warning("Could not restore checkpoint step %d from %s: %s", s, self.directory, e)
+    raise CheckpointError(
+        f"Could not restore any checkpoint from {self.directory}. Either the files are corrupt or they were "
+        "written for a different model/config than the one built now. Errors:\n  " + "\n  ".join(errors))
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, "checkpoints")
+
+
+def restore_state(workdir: str, objective, spec, step: Optional[int] = None, teacher=None):
+  """The TrainState saved in a run's workdir (used to load teachers and to export generators)."""
+  from gendistill.objectives.base import example_batch  # pylint: disable=g-import-not-at-top
+
+  abstract = jax.eval_shape(objective.init, jax.random.key(0), example_batch(spec), teacher)
+  ckpt = Checkpointer(checkpoint_dir(workdir), async_save=False)
+  try:
+    state, _, _ = ckpt.restore(abstract, step)
+  finally:
+    ckpt.close()
+  return state
+
+
+def write_run_info(workdir: str, config, spec) -> None:
+  """config.json: the run's config and data spec, so the run can be rebuilt (teachers, evaluation)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"config": config.to_dict(), "spec": dataclasses.asdict(spec)}, f, indent=2, default=list)
+  os.replace(tmp, path)
+
+
+def read_run_info(workdir: str):
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

@@ -1,0 +1,161 @@
+"""Datasets: embedded toy2d and digits, real ones through tfds.data_source, all read through grain.
+
+    ds = data.build(config.data, jax.process_index(), jax.process_count())
+    it = ds.iterator()            # resumable: it.get_state() -> dict, it.set_state(dict)
+    batch = next(it)              # this process's share of the global batch, dict of numpy arrays
+
+Batches are ``{'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}`` (label only when
+``conditional``) or ``{'x': float32 [b, 2]}`` for toy2d, with b = batch_size / process_count; the P
+processes' shares, concatenated in process order, form the global batch one process would read. The
+iterator state is the same on every process (see `pipeline`), so the checkpoint stores one.
+
+Config keys (ml_collections ConfigDict; missing keys take the defaults in `DEFAULTS`):
+  name           'toy2d' | 'digits' | 'tfds'
+  toy2d_kind     see `toy2d.KINDS`
+  toy2d_size     size of the fixed toy training pool
+  image_size     digits: side of the resized images (0 -> 16); tfds: resize to a square (0 -> native)
+  tfds_name, tfds_split, tfds_data_dir ('' = tfds default)
+  batch_size     GLOBAL batch size
+  seed           shuffle seed
+  conditional    keep 'label' (and spec.num_classes > 0); toy2d has no labels
+"""
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import grain
+import numpy as np
+
+from gendistill.data import digits as digits_lib
+from gendistill.data import pipeline
+from gendistill.data import tfds_source
+from gendistill.data import toy2d
+from gendistill.data.spec import DataSpec
+from gendistill.data.toy2d import GaussianMixture
+
+NAMES = ("toy2d", "digits", "tfds")
+DEFAULTS = dict(
+    name="toy2d",
+    toy2d_kind="ring8",
+    toy2d_size=2**16,
+    image_size=0,
+    tfds_name="",
+    tfds_split="train",
+    tfds_data_dir="",
+    batch_size=256,
+    seed=0,
+    conditional=False,
+)
+
+__all__ = ["DataSpec", "Dataset", "GaussianMixture", "build", "NAMES", "DEFAULTS"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """A built dataset for one process.
+
+  Attributes:
+    spec: per-sample key, shape and number of classes.
+    mixture: the exact GaussianMixture of a toy2d mixture kind, else None.
+    global_batch_size, batch_size: the global batch and this process's share of it.
+    process_index, process_count: which share this process reads.
+    num_examples: size of the training set (before repetition).
+    batches: the infinite grain MapDataset of this process's batches; `batches[t]` is batch t.
+  """
+  spec: DataSpec
+  mixture: GaussianMixture | None
+  global_batch_size: int
+  batch_size: int
+  process_index: int
+  process_count: int
+  num_examples: int
+  batches: grain.MapDataset
+  num_threads: int
+  _reference: Callable[[int | None], dict[str, np.ndarray]]
+
+  def iterator(self) -> grain.DatasetIterator:
+    """A fresh iterator from batch 0: `next(it)`, `it.get_state() -> dict`, `it.set_state(dict)`."""
+    return pipeline.make_iterator(self.batches, num_threads=self.num_threads)
+
+  def reference(self, n: int | None = None) -> dict[str, np.ndarray]:
+    """Real samples for evaluation, deterministic, not shuffled, same format as a batch (with 'label'
+    whenever the data has labels, even if unconditional).
+
+    toy2d: n (default: toy2d_size) fresh samples from the true distribution (a seed other than the
+    pool's); digits: the first n (default all 1797) images; tfds: the first n (default all) records of
+    the split.
+    """
+    return self._reference(n)
+
+
+def _get(config, key):
+  return config.get(key, DEFAULTS[key]) if hasattr(config, "get") else getattr(config, key)
+
+
+def build(data_config: Any, process_index: int = 0, process_count: int = 1, *,
+          num_threads: int | None = None) -> Dataset:
+  """Builds the dataset `data_config.name` for process `process_index` of `process_count`.
+
+  num_threads: grain reader threads (default 0 for in-memory data, 4 for tfds).
+  """
+  name = _get(data_config, "name")
+  global_batch = int(_get(data_config, "batch_size"))
+  batch = pipeline.per_process_batch_size(global_batch, process_count)
+  seed = int(_get(data_config, "seed"))
+  conditional = bool(_get(data_config, "conditional"))
+  image_size = int(_get(data_config, "image_size") or 0)
+  shard = dict(global_batch_size=global_batch, seed=seed, process_index=process_index,
+               process_count=process_count)
+  common = dict(global_batch_size=global_batch, batch_size=batch, process_index=process_index,
+                process_count=process_count)
+
+  if name == "toy2d":
+    kind = _get(data_config, "toy2d_kind")
+    mix = toy2d.mixture(kind)  # Raises on an unknown kind.
+    if conditional:
+      raise ValueError("toy2d has no labels: set data.conditional=False.")
+    size = int(_get(data_config, "toy2d_size"))
+    if size <= 0:
+      raise ValueError(f"toy2d_size must be positive, got {size}.")
+    pool = toy2d.pool(kind, size)
+
+    def reference(n=None):
+      return {"x": toy2d.sample(kind, size if n is None else n, toy2d.REFERENCE_SEED)}
+
+    return Dataset(spec=DataSpec("x", (toy2d.DIM,), 0), mixture=mix, num_examples=size,
+                   batches=pipeline.array_batches({"x": pool}, **shard),
+                   num_threads=num_threads or 0, _reference=reference, **common)
+
+  if name == "digits":
+    images, labels = digits_lib.load_digits(image_size or digits_lib.DEFAULT_SIZE)
+    arrays = {"image": images, "label": labels} if conditional else {"image": images}
+
+    def reference(n=None):
+      return {"image": images[:n], "label": labels[:n]}
+
+    return Dataset(spec=DataSpec("image", tuple(images.shape[1:]),
+                                 digits_lib.NUM_CLASSES if conditional else 0),
+                   mixture=None, num_examples=images.shape[0],
+                   batches=pipeline.array_batches(arrays, **shard),
+                   num_threads=num_threads or 0, _reference=reference, **common)
+
+  if name == "tfds":
+    tfds_name = _get(data_config, "tfds_name")
+    if not tfds_name:
+      raise ValueError("data.name='tfds' needs data.tfds_name (e.g. 'cifar10').")
+    source = tfds_source.open_source(tfds_name, _get(data_config, "tfds_split"),
+                                     _get(data_config, "tfds_data_dir"))
+    classes = tfds_source.num_classes(source)
+    if conditional and not classes:
+      raise ValueError(f"tfds dataset {tfds_name!r} has no ClassLabel 'label' feature; set "
+                       "data.conditional=False.")
+    decode = tfds_source.DecodeImage(image_size=image_size, keep_label=conditional)
+    ref_decode = tfds_source.DecodeImage(image_size=image_size, keep_label=classes > 0)
+    return Dataset(spec=DataSpec("image", tfds_source.image_shape(source, image_size),
+                                 classes if conditional else 0),
+                   mixture=None, num_examples=len(source),
+                   batches=pipeline.source_batches(source, decode, **shard),
+                   num_threads=4 if num_threads is None else num_threads,
+                   _reference=lambda n=None: tfds_source.read(source, ref_decode, n), **common)
+
+  raise ValueError(f"Unknown data.name {name!r}; allowed names: {', '.join(NAMES)}.")

@@ -1,0 +1,78 @@
+"""A teacher is frozen params plus an apply function with the network signature.
+
+It is passed to `train_step` as an argument (its params are a pytree argument, never baked into the compiled
+program and never donated). Sources: `analytic` (exact Gaussian-mixture denoiser), `from_workdir` (a run of
+this library, e.g. an `edm` teacher), or any user apply function via `Teacher(params, apply_fn, num_classes)`.
+"""
+import json
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import ml_collections
+from flax import struct
+
+from gendistill.teachers import analytic
+from gendistill.nets.denoiser import bind_denoiser
+
+
+@struct.dataclass
+class Teacher:
+  params: Any
+  apply_fn: Callable = struct.field(pytree_node=False)   # (params, x, sigma, labels, train=False, rngs=None)
+  num_classes: int = struct.field(pytree_node=False, default=0)
+
+  def __call__(self, x, sigma, labels=None, train=False, rngs=None):
+    return self.apply_fn(self.params, x, sigma, labels, train=train, rngs=rngs)
+
+  def denoise_fn(self, labels=None, guidance=1.0):
+    """A sampler's denoise_fn(x, sigma) with one-hot labels and an optional CFG scale bound."""
+    return bind_denoiser(self.apply_fn, self.params, labels, guidance)
+
+
+def gaussian_mixture(weights, means, covs) -> Teacher:
+  return Teacher(params=analytic.mixture_params(weights, means, covs), apply_fn=analytic.gmm_denoise)
+
+
+def teacher_config() -> ml_collections.ConfigDict:
+  """The `teacher` config section. source: none | analytic (the data's own mixture) | workdir (a run of ours)."""
+  return ml_collections.ConfigDict(dict(source="none", workdir="", step=-1))
+
+
+def from_workdir(workdir: str, step: Optional[int] = None) -> Teacher:
+  """The exported network (EMA where the objective keeps one) of a finished run of this library."""
+  from gendistill import checkpoint, objectives  # pylint: disable=g-import-not-at-top
+  from gendistill.data import DataSpec  # pylint: disable=g-import-not-at-top
+
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"No run of gendistill in {workdir!r} (missing config.json).")
+  with open(config_path) as f:
+    saved = json.load(f)
+  config = ml_collections.ConfigDict(saved["config"])
+  spec = DataSpec(**saved["spec"])
+  objective = objectives.build(config, spec)
+  state = checkpoint.restore_state(workdir, objective, spec, step=None if step in (None, -1) else step)
+  role = objective.export_role
+  params = state.ema[role] if role in state.ema else state.params[role]
+  return Teacher(params=params, apply_fn=objective.apply_fn, num_classes=spec.num_classes)
+
+
+def build(cfg: ml_collections.ConfigDict, dataset) -> Optional[Teacher]:
+  """The teacher a run's config asks for, or None."""
+  if cfg.source == "none":
+    return None
+  if cfg.source == "analytic":
+    if dataset.mixture is None:
+      raise ValueError("teacher.source='analytic' needs a Gaussian-mixture dataset (toy2d ring8/grid25 kinds).")
+    m = dataset.mixture
+    return gaussian_mixture(m.weights, m.means, m.covs)
+  if cfg.source == "workdir":
+    if not cfg.workdir:
+      raise ValueError("teacher.source='workdir' needs teacher.workdir.")
+    return from_workdir(cfg.workdir, cfg.step)
+  raise ValueError(f"Unknown teacher.source {cfg.source!r}; expected none, analytic or workdir.")
+
+
+def device_put(teacher: Optional[Teacher]):
+  return None if teacher is None else jax.device_put(teacher)

@@ -1,0 +1,201 @@
+"""train_and_evaluate(config, workdir): the training loop, the same for every objective.
+
+Importable from notebooks and tests; `gendistill.main` is only the command-line wrapper around it.
+Order on start: build data, teacher, objective -> restore the newest checkpoint if the workdir has one
+(state, RNG and data position) -> otherwise initialise -> loop.
+"""
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from gendistill import checkpoint as ckpt_lib
+from gendistill import data as data_lib
+from gendistill import objectives
+from gendistill import teachers
+from gendistill.objectives.base import example_batch
+
+# Config sections that may change when a run is resumed; any other difference is an error.
+RESUMABLE_SECTIONS = ("train", "eval", "sampler")
+
+
+class MetricWriter:
+  """Metrics as JSON lines (always) and TensorBoard (when tensorboardX is installed); process 0 only."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    if not enabled:
+      return
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    try:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:
+      pass
+
+  def write(self, step: int, metrics: Dict[str, Any]):
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(k, float(v), step)
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str):
+  """A workdir's earlier run must have been made by the same config, except the RESUMABLE_SECTIONS."""
+  saved = ckpt_lib.read_run_info(workdir)
+  if saved is None:
+    return
+  old = saved["config"]
+  new = json.loads(json.dumps(config.to_dict(), default=list))
+  diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+           if k not in RESUMABLE_SECTIONS and old.get(k) != new.get(k)]
+  if diffs:
+    raise ValueError(f"{workdir} holds a run with a different config; use a new workdir or the same config. "
+                     "Differences (section: saved -> now): " + "; ".join(d[:300] for d in diffs))
+
+
+def make_evaluator(dataset) -> Optional[Callable]:
+  """metrics(samples, labels) for the dataset's offline metrics, or None."""
+  from gendistill import evaluation  # pylint: disable=g-import-not-at-top
+  if dataset.spec.key == "x":
+    reference = dataset.reference()["x"]
+    return lambda samples, labels: evaluation.toy_metrics(samples, reference, dataset.mixture)
+  if dataset.name == "digits":
+    return lambda samples, labels: evaluation.digits_metrics(samples, labels)
+  return None
+
+
+def generate(objective, state, rng, num: int, batch_size: int, num_classes: int, steps=None):
+  """`num` samples (class-balanced labels for conditional models) in batches; returns numpy (samples, labels)."""
+  labels = np.arange(num) % num_classes if num_classes else None
+  sample = jax.jit(objective.sample, static_argnums=(2, 4))
+  out = []
+  for i, start in enumerate(range(0, num, batch_size)):
+    n = min(batch_size, num - start)
+    batch_labels = None if labels is None else jnp.asarray(labels[start:start + n])
+    out.append(np.asarray(sample(state, jax.random.fold_in(rng, i), n, batch_labels, steps)))
+  return np.concatenate(out), labels
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains config.train.num_steps steps in total (resuming from workdir), then evaluates. Returns the state."""
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  dataset = data_lib.build(config.data, jax.process_index(), jax.process_count())
+  spec = dataset.spec
+  teacher = teachers.device_put(teachers.build(config.teacher, dataset))
+  objective = objectives.build(config, spec)
+  check_resumable(config, workdir)
+
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=config.train.keep_checkpoints)
+  iterator = dataset.iterator()
+  init = jax.jit(objective.init)
+  rng = jax.random.key(config.seed)
+  if ckpt.latest_step() is not None:
+    abstract = jax.eval_shape(init, rng, example_batch(spec), teacher)
+    state, data_state, restored_step = ckpt.restore(abstract)
+    iterator.set_state(data_state)
+    logging.info("Resumed from step %d in %s", restored_step, workdir)
+  else:
+    state = init(rng, example_batch(spec), teacher)
+  if is_main:
+    ckpt_lib.write_run_info(workdir, config, spec)
+
+  train_step = jax.jit(objective.train_step, donate_argnums=0)
+  writer = MetricWriter(workdir, enabled=is_main)
+  evaluator = make_evaluator(dataset)
+  sample_rng = jax.random.fold_in(rng, 1 << 20)
+  tc = config.train
+  start = int(jax.device_get(state.step))
+
+  def periodic(step: int, final: bool = False):
+    if not is_main:
+      return
+    if final or (tc.sample_every and step % tc.sample_every == 0):
+      save_grid(objective, state, sample_rng, spec, os.path.join(workdir, "samples", f"step_{step:08d}.png"),
+                tc.num_grid_samples)
+    if evaluator is not None and (final or (tc.eval_every and step % tc.eval_every == 0)):
+      t0 = time.time()
+      samples, labels = generate(objective, state, sample_rng, config.eval.num_samples, config.eval.batch_size,
+                                 spec.num_classes, config.eval.steps or None)
+      metrics = {f"eval/{k}": v for k, v in evaluator(samples, labels).items()}
+      metrics["eval/seconds"] = time.time() - t0
+      writer.write(step, metrics)
+      logging.info("step %d eval %s", step, metrics)
+
+  progress = _progress_bar(start, tc.num_steps, disable=not is_main)
+  nonfinite_logs = 0
+  t_last = time.time()
+  for step in range(start, tc.num_steps):
+    batch = next(iterator)
+    state, metrics = train_step(state, batch, teacher)
+    done = step + 1
+    if done % tc.log_every == 0 or done == tc.num_steps:
+      metrics = jax.device_get(metrics)
+      now = time.time()
+      metrics["steps_per_second"] = tc.log_every / max(now - t_last, 1e-9)
+      t_last = now
+      if all(np.isfinite(v) for v in metrics.values()):
+        nonfinite_logs = 0
+      else:
+        nonfinite_logs += 1
+        logging.warning("Non-finite metrics at step %d: %s", done, metrics)
+        if nonfinite_logs >= tc.max_nonfinite_logs:
+          ckpt.close()
+          raise FloatingPointError(
+              f"Training diverged: non-finite metrics at {nonfinite_logs} consecutive logs (step {done}): "
+              f"{metrics}. The last good checkpoint is step {ckpt.latest_step()} in {workdir}.")
+      writer.write(done, metrics)
+      progress.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k.endswith("loss")}, refresh=False)
+    progress.update(1)
+    if done % tc.checkpoint_every == 0 or done == tc.num_steps:
+      ckpt.save(done, state, iterator.get_state())
+    if done < tc.num_steps:
+      periodic(done)
+  progress.close()
+  ckpt.wait()
+  periodic(int(jax.device_get(state.step)), final=True)
+  ckpt.close()
+  writer.close()
+  return state
+
+
+def save_grid(objective, state, rng, spec, path: str, num: int):
+  from gendistill import evaluation  # pylint: disable=g-import-not-at-top
+  samples, labels = generate(objective, state, rng, num, num, spec.num_classes)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if spec.key == "x":
+    evaluation.save_scatter(samples, path)
+  else:
+    ncols = spec.num_classes if spec.num_classes and num % spec.num_classes == 0 else None
+    evaluation.save_image_grid(samples, path, ncols=ncols)
+
+
+def _progress_bar(start: int, total: int, disable: bool):
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(initial=start, total=total, disable=disable or not sys.stderr.isatty(), dynamic_ncols=True,
+                   desc="train")
