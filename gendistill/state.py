@@ -67,7 +67,7 @@ def apply_gradients(state: TrainState, role: str, grads: PyTree, tx: optax.Gradi
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)
   state = state.replace(params={**state.params, role: keep(new_params, params)},
                         opt_state={**state.opt_state, role: keep(new_opt_state, opt_state)})
-  metrics = {f"{role}/grad_norm": optax.global_norm(grads),
+  metrics = {f"{role}/grad_norm": optax.tree.norm(grads),
              f"{role}/skipped_nonfinite": jnp.logical_and(enabled, ~finite).astype(jnp.float32)}
   return state, metrics
 

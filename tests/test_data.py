@@ -110,7 +110,7 @@ def test_unknown_kind_and_name_errors():
 
 def test_toy_dataset_batches_and_reference():
   ds = data.build(_config(toy2d_kind="grid25_unequal", toy2d_size=4096, batch_size=64))
-  assert ds.spec == data.DataSpec("x", (2,), 0) and not ds.spec.conditional
+  assert ds.spec == data.DataSpec("x", (2,), 0) and not ds.spec.conditional and ds.name == "toy2d"
   np.testing.assert_array_equal(ds.mixture.weights, toy2d.mixture("grid25_unequal").weights)
   b = next(ds.iterator())
   assert set(b) == {"x"} and b["x"].shape == (64, 2) and b["x"].dtype == np.float32
@@ -134,6 +134,19 @@ def test_epochs_are_permutations_and_reshuffled():
   assert not np.array_equal(epochs[0], np.arange(64))
   other = pipeline.array_batches({"i": np.arange(64)}, global_batch_size=16, seed=6)
   assert not np.array_equal(other[0]["i"], batches[0]["i"])
+
+
+@pytest.mark.parametrize("n,global_batch,count", [(64, 16, 1), (100, 24, 3), (5, 12, 2), (7, 4, 4)])
+def test_batch_indices_follow_the_epoch_stream(n, global_batch, count):
+  # The stream is epoch after epoch of permutations; batches run across epoch boundaries (even
+  # several epochs within one batch when it is larger than the dataset).
+  ref = pipeline.BatchIndices(n, global_batch_size=global_batch, seed=3)
+  stream = np.concatenate([ref.permutation(e) for e in range(12 * global_batch // n + 2)])
+  shares = [pipeline.BatchIndices(n, global_batch_size=global_batch, seed=3, process_index=p,
+                                  process_count=count) for p in range(count)]
+  for t in range(12):
+    np.testing.assert_array_equal(np.concatenate([s(t) for s in shares]),
+                                  stream[t * global_batch:(t + 1) * global_batch])
 
 
 def test_iterator_deterministic():
@@ -213,6 +226,7 @@ def test_source_and_array_paths_agree():
 def test_digits_values_and_labels():
   cond = data.build(_config(name="digits", batch_size=64, conditional=True))
   assert cond.spec == data.DataSpec("image", (16, 16, 1), 10) and cond.mixture is None
+  assert cond.name == "digits" and cond.num_examples == 1797
   b = next(cond.iterator())
   assert b["image"].shape == (64, 16, 16, 1) and b["image"].dtype == np.float32
   assert b["image"].min() >= -1 and b["image"].max() <= 1

@@ -129,32 +129,38 @@ def test_single_gaussian_denoiser_closed_form():
 
 
 def test_mixture_denoiser_equals_monte_carlo_posterior_mean():
-  """E[x | y] by self-normalised importance sampling with the prior as proposal."""
+  """E[x | y] by self-normalised importance sampling with the prior as proposal, at typical noisy points y."""
   teacher = gaussian_mixture(WEIGHTS, MEANS, COVS)
   prior, _ = _sample_mixture(0, 400_000)
-  ys = np.array([[-1.5, 0.3], [0.5, 0.0], [1.0, -1.5], [3.0, 2.0]])
+  rng = np.random.default_rng(1)
   for sigma in [0.3, 1.0, 3.0]:
+    ys = _sample_mixture(2, 4)[0] + sigma * rng.standard_normal((4, 2))
     exact = np.asarray(teacher(jnp.asarray(ys, jnp.float32), sigma))
     for y, d in zip(ys, exact):
       logw = -0.5 * np.sum((y - prior) ** 2, axis=1) / sigma**2
       w = np.exp(logw - logw.max())
-      mc = (w[:, None] * prior).sum(0) / w.sum()
-      np.testing.assert_allclose(d, mc, atol=0.03)
+      w /= w.sum()
+      mc = w @ prior
+      stderr = np.sqrt(w**2 @ (prior - mc) ** 2)
+      assert np.all(np.abs(d - mc) < 4 * stderr + 2e-3), (sigma, y, d, mc, stderr)
 
 
-def test_heun_with_exact_mixture_denoiser_reproduces_the_mixture():
-  """NFE 35 Heun from the exact denoiser gives the mixture: weights, means and covariances per mode."""
+@pytest.mark.parametrize("num_steps,mean_tol,cov_tol", [(18, 0.08, 0.05), (60, 0.03, 0.015)])
+def test_heun_with_exact_mixture_denoiser_reproduces_the_mixture(num_steps, mean_tol, cov_tol):
+  """Heun from the exact denoiser gives the mixture: weights, means and covariances per mode.
+
+  At NFE 35 (N = 18) the discretisation still pushes modes outward by about 0.05 here; at N = 60 it is gone.
+  """
   teacher = gaussian_mixture(WEIGHTS, MEANS, COVS)
-  n = 6000
-  samples = np.asarray(jax.jit(lambda z: samplers.heun_sampler(teacher.denoise_fn(), z, num_steps=18))(
+  n = 20000
+  samples = np.asarray(jax.jit(lambda z: samplers.heun_sampler(teacher.denoise_fn(), z, num_steps=num_steps))(
       jax.random.normal(jax.random.key(3), (n, 2))))
-  # Assign to the most likely component.
   inv = np.linalg.inv(COVS)
   d = samples[:, None, :] - MEANS[None]
   maha = np.einsum("nki,kij,nkj->nk", d, inv, d) + np.log(np.linalg.det(COVS))[None] - 2 * np.log(WEIGHTS)[None]
   k = np.argmin(maha, axis=1)
-  np.testing.assert_allclose(np.bincount(k, minlength=3) / n, WEIGHTS, atol=0.025)
+  np.testing.assert_allclose(np.bincount(k, minlength=3) / n, WEIGHTS, atol=0.015)
   for j in range(3):
     pts = samples[k == j]
-    np.testing.assert_allclose(pts.mean(0), MEANS[j], atol=0.05)
-    np.testing.assert_allclose(np.cov(pts.T), COVS[j], atol=0.05)
+    np.testing.assert_allclose(pts.mean(0), MEANS[j], atol=mean_tol)
+    np.testing.assert_allclose(np.cov(pts.T), COVS[j], atol=cov_tol)

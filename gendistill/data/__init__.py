@@ -55,6 +55,7 @@ class Dataset:
   """A built dataset for one process.
 
   Attributes:
+    name: the config's data name ('toy2d' | 'digits' | 'tfds').
     spec: per-sample key, shape and number of classes.
     mixture: the exact GaussianMixture of a toy2d mixture kind, else None.
     global_batch_size, batch_size: the global batch and this process's share of it.
@@ -62,6 +63,7 @@ class Dataset:
     num_examples: size of the training set (before repetition).
     batches: the infinite grain MapDataset of this process's batches; `batches[t]` is batch t.
   """
+  name: str
   spec: DataSpec
   mixture: GaussianMixture | None
   global_batch_size: int
@@ -106,7 +108,7 @@ def build(data_config: Any, process_index: int = 0, process_count: int = 1, *,
   image_size = int(_get(data_config, "image_size") or 0)
   shard = dict(global_batch_size=global_batch, seed=seed, process_index=process_index,
                process_count=process_count)
-  common = dict(global_batch_size=global_batch, batch_size=batch, process_index=process_index,
+  common = dict(name=name, global_batch_size=global_batch, batch_size=batch, process_index=process_index,
                 process_count=process_count)
 
   if name == "toy2d":

@@ -1,0 +1,60 @@
+"""TrainState helpers: guarded optimizer steps and EMA."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gendistill import state as state_lib
+
+
+def _state(tx=optax.sgd(0.1)):
+  params = {"g": {"w": jnp.ones(3)}}
+  return state_lib.create(jax.random.key(0), params, {"g": tx}, ema_roles=("g",))
+
+
+def test_apply_gradients_steps_and_reports():
+  state, metrics = state_lib.apply_gradients(_state(), "g", {"w": jnp.array([1.0, 2.0, 2.0])}, optax.sgd(0.1))
+  np.testing.assert_allclose(state.params["g"]["w"], [0.9, 0.8, 0.8], rtol=1e-6)
+  np.testing.assert_allclose(metrics["g/grad_norm"], 3.0, rtol=1e-6)
+  assert float(metrics["g/skipped_nonfinite"]) == 0.0
+
+
+def test_nonfinite_gradients_skip_the_update():
+  tx = optax.adam(0.1)
+  state, metrics = state_lib.apply_gradients(_state(tx), "g", {"w": jnp.array([1.0, jnp.nan, 0.0])}, tx)
+  np.testing.assert_array_equal(state.params["g"]["w"], jnp.ones(3))
+  assert float(metrics["g/skipped_nonfinite"]) == 1.0
+
+
+def test_disabled_update_changes_nothing():
+  tx = optax.adam(0.1)
+  s0 = state_lib.create(jax.random.key(0), {"g": {"w": jnp.ones(3)}}, {"g": tx})
+  s1, _ = state_lib.apply_gradients(s0, "g", {"w": jnp.ones(3)}, tx, enabled=jnp.array(False))
+  jax.tree.map(np.testing.assert_array_equal, s1.params, s0.params)
+  jax.tree.map(np.testing.assert_array_equal, s1.opt_state, s0.opt_state)
+
+
+def test_ema_update_formula():
+  ema = {"w": jnp.array([1.0, 2.0])}
+  out = state_lib.ema_update(ema, {"w": jnp.array([3.0, 0.0])}, 0.9)
+  np.testing.assert_allclose(out["w"], [0.9 * 1 + 0.1 * 3, 0.9 * 2], rtol=1e-6)
+
+
+def test_edm_ema_decay_matches_edm():
+  # EDM: ema_nimg = min(halflife, rampup * cur_nimg); beta = 0.5 ** (batch / ema_nimg).
+  np.testing.assert_allclose(state_lib.edm_ema_decay(10_000_000, 512, 500_000, 0.05), 0.5 ** (512 / 500_000),
+                             rtol=1e-6)
+  np.testing.assert_allclose(state_lib.edm_ema_decay(1_000_000, 512, 500_000, 0.05), 0.5 ** (512 / 50_000),
+                             rtol=1e-6)
+  np.testing.assert_allclose(state_lib.edm_ema_decay(1_000_000, 512, 500_000, None), 0.5 ** (512 / 500_000),
+                             rtol=1e-6)
+
+
+def test_step_rng_is_deterministic_and_distinct():
+  s = _state()
+  a1, b1 = s.step_rng("a", "b")
+  a2, = s.step_rng("a")
+  assert jnp.array_equal(jax.random.key_data(a1), jax.random.key_data(a2))
+  assert not jnp.array_equal(jax.random.key_data(a1), jax.random.key_data(b1))
+  a3, = s.replace(step=s.step + 1).step_rng("a")
+  assert not jnp.array_equal(jax.random.key_data(a1), jax.random.key_data(a3))
