@@ -169,10 +169,11 @@ def test_live_against_pytorch_fid(tmp_path):
   spec.loader.exec_module(script)
   state_dict = gi.random_state_dict(11)
   wrapper, raw, full = script.build_reference(state_dict)
-  path = tmp_path / "pt_inception.pth"
-  torch.save({k: torch.from_numpy(v) for k, v in full.state_dict().items()}, path)
-  params = gi.load_params(str(path))  # read back without torch
-  jax.tree.map(np.testing.assert_array_equal, params, gi.params_from_state_dict(state_dict))
+  for zip_format in (True, False):  # as pytorch-fid's file: a state dict of the whole fid_inception_v3()
+    path = tmp_path / f"pt_inception_{zip_format}.pth"
+    torch.save(full.state_dict(), path, _use_new_zipfile_serialization=zip_format)
+    params = gi.load_params(str(path))  # read back without torch
+    jax.tree.map(np.testing.assert_array_equal, params, gi.params_from_state_dict(state_dict))
   images = np.random.RandomState(5).randint(0, 256, (2, 40, 28, 3)).astype(np.uint8)
   for mode in gi.PREPROCESSING:
     ref_pool, ref_logits, _ = script.run(wrapper, raw, full, images, mode)
