@@ -369,7 +369,7 @@ def random_state_dict(seed: int) -> dict[str, np.ndarray]:
 def save_params_npz(params_or_state_dict, path: str) -> None:
   """Our converted format: an .npz of the flat state dict (name -> float32 array in torch layout)."""
   sd = params_or_state_dict
-  if not all(isinstance(v, np.ndarray) for v in getattr(sd, "values", lambda: [None])()):
+  if any(isinstance(v, dict) for v in sd.values()):  # a nested params tree
     sd = state_dict_from_params(sd)
   with open(path, "wb") as f:
     np.savez(f, **{k: np.asarray(v, np.float32) for k, v in sd.items()})
@@ -412,7 +412,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     obj = obj["state_dict"]
   if not isinstance(obj, dict):
     raise ValueError(f"{path} does not hold a state dict (found {type(obj).__name__})")
-  return {k: _materialize(v) for k, v in obj.items() if not isinstance(v, (int, float))}
+  return {k: _materialize(v) for k, v in obj.items() if isinstance(v, (_LazyTensor, np.ndarray))}
 
 
 # ------------------------------------------------------------- torch-free reader for torch.save files.
@@ -608,8 +608,9 @@ class InceptionFeatures:
     if images.dtype != jnp.uint8:
       images = quantize(images)
     x = preprocess(images, self.preprocessing)
-    pool, logits = self._net.apply({"params": params}, x)
-    return {"pool": pool, "logits": logits - params["fc"]["bias"]}
+    pool, _ = self._net.apply({"params": params}, x)
+    logits = jnp.dot(pool, params["fc"]["weight"].T, precision=_HI)  # no fc bias, as the original IS code
+    return {"pool": pool, "logits": logits}
 
   def __call__(self, images) -> dict[str, jax.Array]:
     images = jnp.asarray(images) if self.sharding is None else jax.device_put(images, self.sharding)
