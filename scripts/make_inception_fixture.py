@@ -17,6 +17,7 @@ Needs torch, torchvision, pytorch-fid, and jax/flax (for the shared weight build
   /tmp/torchref/bin/python scripts/make_inception_fixture.py [--seed 0] [--out tests/fixtures/inception_fixture.npz]
 """
 import argparse
+import importlib.util
 import io
 import os
 import sys
@@ -26,8 +27,19 @@ import torch
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from gendistill.evaluation import inception as gi  # noqa: E402  (numpy weight builder; jax only for shapes)
+
+
+def _load_inception_module():
+  """gendistill/evaluation/inception.py by path: it needs numpy, jax and flax only, not the package's other deps."""
+  spec = importlib.util.spec_from_file_location(
+      "_gendistill_inception", os.path.join(ROOT, "gendistill", "evaluation", "inception.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # flax's dataclasses look their module up
+  spec.loader.exec_module(module)
+  return module
+
+
+gi = _load_inception_module()  # the numpy weight builder (jax only for the parameter shapes)
 
 PRE_STRIDE = 7  # keep every 7th row/column of the preprocessed 299x299 inputs
 

@@ -158,6 +158,7 @@ def test_reader_rejects_what_it_cannot_read(tmp_path):
     gi.params_from_state_dict(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (importlib.util.find_spec("torch") and importlib.util.find_spec("pytorch_fid")),
                     reason="needs torch and pytorch_fid (the optional torch extra)")
 def test_live_against_pytorch_fid(tmp_path):
