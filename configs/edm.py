@@ -1,6 +1,8 @@
 """EDM teacher training. `--config=configs/edm.py:<dataset>[,smoke]`, dataset in toy2d | digits | cifar10."""
 from configs import base
 
+ARGS = ("digits", "toy2d", "cifar10")
+
 
 def get_config(arg: str = "digits"):
   dataset, flags = base.parse_arg(arg)

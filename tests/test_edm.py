@@ -55,6 +55,7 @@ def test_exact_denoiser_minimises_the_edm_loss():
 
 def test_train_step_updates_params_then_ema_with_edm_decay():
   config = edm_config.get_config("toy2d,smoke")
+  config.objective.edm.optimizer.warmup_steps = 0   # EDM's ramp-up gives lr 0 on the first step
   dataset = data_lib.build(config.data)
   objective = objectives.build(config, dataset.spec)
   state = objective.init(jax.random.key(0), example_batch(dataset.spec), None)
