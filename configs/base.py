@@ -3,6 +3,7 @@ misspelt key or a value of the wrong type is an error that names it."""
 import ml_collections
 
 from gendistill import objectives
+from gendistill import sharding
 from gendistill import teachers
 
 
@@ -38,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
       # MLP (toy vectors)
       mlp_hidden=256,
       mlp_depth=4,
+      # Compute (all networks built from this section; parameters stay float32)
+      dtype="float32",        # activations/compute dtype: float32 | bfloat16
+      remat="none",           # rematerialise each network call in the backward pass: none | full | dots
   ))
 
   c.objective = ml_collections.ConfigDict()
@@ -61,7 +65,11 @@ def get_config() -> ml_collections.ConfigDict:
       eval_every=0,           # evaluation hook; 0 = only at the end
       num_grid_samples=64,
       max_nonfinite_logs=3,   # stop after this many consecutive non-finite logged losses
+      microbatches=1,         # gradient accumulation: each global batch in this many micro-batches (lax.scan)
   ))
+
+  # Device mesh (axes data x fsdp; -1 = the rest) and sharding rules: see gendistill/sharding.py.
+  c.mesh = sharding.mesh_config()
 
   c.eval = ml_collections.ConfigDict(dict(
       num_samples=1000,
@@ -70,6 +78,13 @@ def get_config() -> ml_collections.ConfigDict:
   ))
   c.lock()
   return c
+
+
+def unet_preset(name: str) -> dict:
+  """The network-config fields of a UNet preset (the values live in gendistill/nets/unet.py PRESETS)."""
+  from gendistill.nets import unet  # pylint: disable=g-import-not-at-top
+  keys = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
+  return dict(kind="unet", **{k: unet.PRESETS[name][k] for k in keys})
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -77,11 +77,19 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
-def restore_state(workdir: str, objective, spec, step: Optional[int] = None, teacher=None):
-  """The TrainState saved in a run's workdir (used to load teachers and to export generators)."""
+def restore_state(workdir: str, objective, spec, step: Optional[int] = None, teacher=None, mesh=None,
+                  rules=None):
+  """The TrainState saved in a run's workdir (used to load teachers and to export generators).
+
+  The arrays are placed on `mesh` (default: all devices, replicated) with the sharding rules `rules` (a `mesh`
+  config section; default: the built-in rule), whatever mesh or number of processes saved them.
+  """
+  from gendistill import sharding  # pylint: disable=g-import-not-at-top
   from gendistill.objectives.base import example_batch  # pylint: disable=g-import-not-at-top
 
   abstract = jax.eval_shape(objective.init, jax.random.key(0), example_batch(spec), teacher)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  abstract = sharding.with_shardings(abstract, sharding.tree_shardings(abstract, mesh, rules))
   ckpt = Checkpointer(checkpoint_dir(workdir), async_save=False)
   try:
     state, _, _ = ckpt.restore(abstract, step)

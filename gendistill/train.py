@@ -3,6 +3,12 @@
 Importable from notebooks and tests; `gendistill.main` is only the command-line wrapper around it.
 Order on start: build data, teacher, objective -> restore the newest checkpoint if the workdir has one
 (state, RNG and data position) -> otherwise initialise -> loop.
+
+Everything runs on the mesh of `config.mesh` (gendistill/sharding.py): the state is initialised directly in its
+shards (jit of init with out_shardings, from eval_shape), restored into this mesh's shardings whatever mesh
+saved it, and the step is jitted with in/out shardings and donates the state. Every process runs this same
+function (multi-host: after jax.distributed.initialize) on its own share of each global batch; all processes
+take part in the step, the checkpoints and the sampling; only process 0 writes metrics, grids and logs.
 """
 import json
 import os
@@ -19,11 +25,12 @@ from absl import logging
 from gendistill import checkpoint as ckpt_lib
 from gendistill import data as data_lib
 from gendistill import objectives
+from gendistill import sharding
 from gendistill import teachers
-from gendistill.objectives.base import example_batch
 
-# Config sections that may change when a run is resumed; any other difference is an error.
-RESUMABLE_SECTIONS = ("train", "eval", "sampler")
+# Config sections that may change when a run is resumed; any other difference is an error. (A checkpoint
+# restores under any mesh, so a run may move to another number or arrangement of devices.)
+RESUMABLE_SECTIONS = ("train", "eval", "sampler", "mesh")
 
 
 class MetricWriter:
@@ -89,43 +96,59 @@ def make_evaluator(dataset) -> Optional[Callable]:
   return None
 
 
-def generate(objective, state, rng, num: int, batch_size: int, num_classes: int, steps=None):
-  """`num` samples (class-balanced labels for conditional models) in batches; returns numpy (samples, labels)."""
+def generate(objective, state, rng, num: int, batch_size: int, num_classes: int, steps=None,
+             sharded: Optional[sharding.ShardedObjective] = None):
+  """`num` samples (class-balanced labels for conditional models) in batches; returns numpy (samples, labels).
+
+  With `sharded` (a ShardedObjective of `objective`) sampling runs on its mesh, split over the batch axes; then
+  every process must call this and every process gets all samples.
+  """
   labels = np.arange(num) % num_classes if num_classes else None
-  sample = jax.jit(objective.sample, static_argnums=(2, 4))
+  sample = None if sharded is not None else jax.jit(objective.sample, static_argnums=(2, 4))
   out = []
   for i, start in enumerate(range(0, num, batch_size)):
     n = min(batch_size, num - start)
-    batch_labels = None if labels is None else jnp.asarray(labels[start:start + n])
-    out.append(np.asarray(sample(state, jax.random.fold_in(rng, i), n, batch_labels, steps)))
+    batch_labels = None if labels is None else labels[start:start + n]
+    if sharded is not None:
+      out.append(sharded.sample(state, jax.random.fold_in(rng, i), n, batch_labels, steps))
+    else:
+      batch_labels = None if batch_labels is None else jnp.asarray(batch_labels)
+      out.append(np.asarray(sample(state, jax.random.fold_in(rng, i), n, batch_labels, steps)))
   return np.concatenate(out), labels
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains config.train.num_steps steps in total (resuming from workdir), then evaluates. Returns the state."""
+  mesh = sharding.make_mesh(config.mesh)
+  with jax.set_mesh(mesh):
+    return _train_and_evaluate(config, workdir, mesh)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh):
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   dataset = data_lib.build(config.data, jax.process_index(), jax.process_count())
   spec = dataset.spec
-  teacher = teachers.device_put(teachers.build(config.teacher, dataset))
+  teacher = teachers.build(config.teacher, dataset)
   objective = objectives.build(config, spec)
   check_resumable(config, workdir)
+  logging.info("Mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
 
+  sharded = sharding.ShardedObjective(objective, spec, mesh, teacher, config.mesh)
+  sharding.check_accumulation(sharded, config.train.microbatches, teacher)
+  teacher = sharded.put_teacher(teacher)
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=config.train.keep_checkpoints)
   iterator = dataset.iterator()
-  init = jax.jit(objective.init)
   rng = jax.random.key(config.seed)
   if ckpt.latest_step() is not None:
-    abstract = jax.eval_shape(init, rng, example_batch(spec), teacher)
-    state, data_state, restored_step = ckpt.restore(abstract)
+    state, data_state, restored_step = ckpt.restore(sharded.abstract_state)
     iterator.set_state(data_state)
     logging.info("Resumed from step %d in %s", restored_step, workdir)
   else:
-    state = init(rng, example_batch(spec), teacher)
+    state = sharded.init(rng, teacher)
   if is_main:
     ckpt_lib.write_run_info(workdir, config, spec)
 
-  train_step = jax.jit(objective.train_step, donate_argnums=0)
   writer = MetricWriter(workdir, enabled=is_main)
   evaluator = make_evaluator(dataset)
   sample_rng = jax.random.fold_in(rng, 1 << 20)
@@ -133,26 +156,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   start = int(jax.device_get(state.step))
 
   def periodic(step: int, final: bool = False):
-    if not is_main:
-      return
+    # Sampling runs on every process (it is one sharded computation); only process 0 writes.
     if final or (tc.sample_every and step % tc.sample_every == 0):
       save_grid(objective, state, sample_rng, spec, os.path.join(workdir, "samples", f"step_{step:08d}.png"),
-                tc.num_grid_samples)
+                tc.num_grid_samples, sharded=sharded, write=is_main)
     if evaluator is not None and (final or (tc.eval_every and step % tc.eval_every == 0)):
       t0 = time.time()
       samples, labels = generate(objective, state, sample_rng, config.eval.num_samples, config.eval.batch_size,
-                                 spec.num_classes, config.eval.steps or None)
-      metrics = {f"eval/{k}": v for k, v in evaluator(samples, labels).items()}
-      metrics["eval/seconds"] = time.time() - t0
-      writer.write(step, metrics)
-      logging.info("step %d eval %s", step, metrics)
+                                 spec.num_classes, config.eval.steps or None, sharded=sharded)
+      if is_main:
+        metrics = {f"eval/{k}": v for k, v in evaluator(samples, labels).items()}
+        metrics["eval/seconds"] = time.time() - t0
+        writer.write(step, metrics)
+        logging.info("step %d eval %s", step, metrics)
 
   progress = _progress_bar(start, tc.num_steps, disable=not is_main)
   nonfinite_logs = 0
   t_last = time.time()
   for step in range(start, tc.num_steps):
-    batch = next(iterator)
-    state, metrics = train_step(state, batch, teacher)
+    batch = sharded.put_batch(next(iterator))
+    state, metrics = sharded.train_step(state, batch, teacher)
     done = step + 1
     if done % tc.log_every == 0 or done == tc.num_steps:
       metrics = jax.device_get(metrics)
@@ -184,9 +207,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   return state
 
 
-def save_grid(objective, state, rng, spec, path: str, num: int):
+def save_grid(objective, state, rng, spec, path: str, num: int, sharded=None, write: bool = True):
   from gendistill import evaluation  # pylint: disable=g-import-not-at-top
-  samples, labels = generate(objective, state, rng, num, num, spec.num_classes)
+  samples, labels = generate(objective, state, rng, num, num, spec.num_classes, sharded=sharded)
+  if not write:
+    return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if spec.key == "x":
     evaluation.save_scatter(samples, path)

@@ -54,14 +54,17 @@ def test_r1_equals_a_directly_computed_gradient_norm(shape):
   logits_fn = lambda v: critic.apply(params, v, t, labels)
   # One sample at a time: d D(x_i) / d x_i through a batch of one.
   one = lambda v, ti, li: critic.apply(params, v[None], ti[None], None if li is None else li[None])[0]
-  grads = jax.vmap(jax.grad(one), in_axes=(0, 0, None if labels is None else 0))(x, t, labels)
+  grads = jax.jit(jax.vmap(jax.grad(one), in_axes=(0, 0, None if labels is None else 0)))(x, t, labels)
   direct = np.sum(np.reshape(np.asarray(grads) ** 2, (x.shape[0], -1)), axis=1)
-  np.testing.assert_allclose(gan.r1_per_sample(logits_fn, x), direct, rtol=1e-4)
-  np.testing.assert_allclose(gan.r1_penalty(logits_fn, x, 0.2), 0.1 * np.mean(direct), rtol=1e-4)
+  per_sample, penalty, lazy_on, lazy_off = jax.jit(lambda v: (
+      gan.r1_per_sample(logits_fn, v), gan.r1_penalty(logits_fn, v, 0.2),
+      gan.lazy_r1_penalty(logits_fn, v, 0.2, every=4, step=8),
+      gan.lazy_r1_penalty(logits_fn, v, 0.2, every=4, step=9)))(x)
+  np.testing.assert_allclose(per_sample, direct, rtol=1e-4)
+  np.testing.assert_allclose(penalty, 0.1 * np.mean(direct), rtol=1e-4)
   # Lazy R1: every k steps, scaled by k; nothing otherwise.
-  np.testing.assert_allclose(gan.lazy_r1_penalty(logits_fn, x, 0.2, every=4, step=8), 0.4 * np.mean(direct),
-                             rtol=1e-4)
-  assert float(gan.lazy_r1_penalty(logits_fn, x, 0.2, every=4, step=9)) == 0.0
+  np.testing.assert_allclose(lazy_on, 0.4 * np.mean(direct), rtol=1e-4)
+  assert float(lazy_off) == 0.0
 
 
 def test_r1_of_a_quadratic_critic_and_its_parameter_gradient():
@@ -94,9 +97,8 @@ def test_diffusion_instance_noise_schedule():
                              rtol=1e-4)
   draws = np.asarray(gan.sample_diffusion_t(jax.random.key(0), 20000, jnp.int32(10), cfg.t_max, "priority"))
   assert 0.47 < np.mean(draws == 0) < 0.53 and draws.max() <= 10 and not np.any(draws == 1)
-  nonzero = draws[draws > 0]
-  np.testing.assert_allclose(np.mean(nonzero), np.sum(np.arange(1, 11) * np.arange(10)) / np.sum(np.arange(10)),
-                             rtol=0.02)
+  histogram = np.bincount(draws[draws > 0], minlength=11)[1:] / np.sum(draws > 0)
+  np.testing.assert_allclose(histogram, np.arange(10) / np.sum(np.arange(10)), atol=0.015)  # P(t) ∝ t - 1
   x = jnp.ones((4, 3))
   y, t = gan.diffuse(jax.random.key(1), x, jnp.float32(1.0), cfg)
   assert y.shape == x.shape and t.shape == (4,)
@@ -110,14 +112,17 @@ def test_diffusion_instance_noise_schedule():
 
 def test_bottleneck_head_matches_dmd2_at_8x8_and_adapts_to_small_bottlenecks():
   head = discriminator.BottleneckHead()
-  for size in (1, 2, 4, 8, 16):
-    feats = jax.random.normal(jax.random.key(size), (2, size, size, 8))
-    params = jax.jit(head.init)(jax.random.key(0), feats)
-    assert jax.jit(head.apply)(params, feats).shape == (2,)
+  for size in (1, 2, 4, 8, 16):  # shapes only (no compilation), then one real forward at 8x8
+    feats = jax.ShapeDtypeStruct((2, size, size, 8), jnp.float32)
+    params = jax.eval_shape(head.init, jax.random.key(0), feats)
+    assert jax.eval_shape(head.apply, params, feats).shape == (2,)
     if size == 8:  # Conv4x4 s2 p1 -> GN -> SiLU -> Conv4x4 s4 -> GN -> SiLU -> Conv1x1
       assert params["params"]["conv0"]["kernel"].shape == (4, 4, 8, 8)
       assert params["params"]["conv1"]["kernel"].shape == (4, 4, 8, 8)
       assert params["params"]["out"]["kernel"].shape == (1, 1, 8, 1)
+  feats = jax.random.normal(jax.random.key(0), (2, 8, 8, 8))
+  logits = head.apply(head.init(jax.random.key(0), feats), feats)
+  assert logits.shape == (2,) and bool(jnp.all(jnp.isfinite(logits)))
   assert discriminator._head_stages(8) == ((4, 2, 1), (4, 4, 0))  # pylint: disable=protected-access
   assert discriminator._head_stages(4) == ((4, 2, 1), (2, 2, 0))  # pylint: disable=protected-access
 
@@ -165,7 +170,7 @@ def test_add_student_levels_and_distillation_term():
   teacher_fn = lambda x, sigma, labels: 0.5 * x
   rng = jax.random.key(1)
   loss, sigma = add.distillation_loss(x_hat, teacher_fn, rng, None)
-  rng_t, rng_eps = jax.random.split(rng)
+  _, rng_eps = jax.random.split(rng)
   target = 0.5 * (x_hat + sigma[:, None] * jax.random.normal(rng_eps, x_hat.shape))
   c = 1 / jnp.sqrt(1 + sigma**2)
   np.testing.assert_allclose(loss, jnp.mean(c * jnp.mean((x_hat - target) ** 2, axis=1)), rtol=1e-5)

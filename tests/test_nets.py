@@ -30,44 +30,129 @@ def _inputs(label_dim, n=N, seed=0):
   return x, noise, labels
 
 
-def _perturb(params, seed=1, scale=0.2):
-  """Random non-zero parameters, so that zero-initialised layers (conv1, proj, aux_conv) pass signal."""
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+def _random_params(model, *args, seed=1, scale=0.2, **kwargs):
+  """Random parameters of the right structure (from eval_shape, so no init computation is compiled), with
+  norm scales near 1 and non-zero zero-initialised layers (conv1, proj, aux_conv), so that every path carries
+  signal."""
+  shapes = jax.eval_shape(functools.partial(model.init, **kwargs), _key(0), *args)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    value = scale * rng.standard_normal(leaf.shape)
+    if path[-1].key == "scale":
+      value += 1.0
+    elif path[-1].key == "kernel":
+      value /= np.sqrt(np.prod(leaf.shape[:-1]) / 8)
+    return jnp.asarray(value, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _key(seed):
+  """Test keys use the RBG generator: the modules only call make_rng, and threefry (partitionable) costs
+  several seconds of XLA:CPU compilation per UNet."""
+  return jax.random.key(seed, impl="unsafe_rbg")
 
 
 @functools.lru_cache(maxsize=None)
-def _tiny_setup(label_dim, dropout=0.1, label_dropout=0.0):
-  """(model, perturbed params, jitted apply) for the tiny UNet; cached so each configuration compiles once."""
-  model = _tiny(label_dim, dropout=dropout, label_dropout=label_dropout)
-  x, noise, labels = _inputs(label_dim)
-  params = _perturb(model.init(jax.random.key(0), x, noise, labels))
-  apply = jax.jit(model.apply, static_argnames=("train", "return_features"))
-  return model, params, apply
+def _unconditional_run():
+  """Tiny unconditional UNet (dropout 0.1) and one compiled function that evaluates it in eval and train mode."""
+  model = _tiny(0)
+  x, noise, _ = _inputs(0)
+  params = _random_params(model, x, noise)
+
+  @jax.jit
+  def run(params, key):
+    return dict(eval_with_features=model.apply(params, x, noise, return_features=True),  # no rng in eval mode
+                train=model.apply(params, x, noise, None, True, rngs={"dropout": key}))
+
+  return model, params, run
+
+
+@functools.lru_cache(maxsize=None)
+def _conditional_run():
+  """Tiny class-conditional UNet with label dropout 0.5 and activation dropout 0 (so train mode differs from
+  eval mode only by label dropout), in one compiled function. Eval mode runs on the batch with its labels
+  followed by the same batch with all-zero labels."""
+  model = _tiny(LABEL_DIM, dropout=0.0, label_dropout=0.5)
+  x, noise, labels = _inputs(LABEL_DIM)
+  params = _random_params(model, x, noise, labels)
+  both = lambda a, b: jnp.concatenate([a, b])
+
+  @jax.jit
+  def run(params, key):
+    out, state = model.apply(params, both(x, x), both(noise, noise), both(labels, 0 * labels),
+                             capture_intermediates=True, mutable=["intermediates"])
+    train, features = model.apply(params, x, noise, labels, train=True, return_features=True,
+                                  rngs={"dropout": key})
+    return dict(cond=out[:N], uncond=out[N:], intermediates=state["intermediates"], train=train,
+                train_features=features)
+
+  return model, params, run
 
 
 # ------------------------------------------------------------------------------------------------------------
 # UNet: shapes, names, rng behaviour.
 
 
-@pytest.mark.parametrize("label_dim", [0, LABEL_DIM])
-def test_unet_tiny_shapes(label_dim):
-  _, params, apply = _tiny_setup(label_dim)
-  x, noise, labels = _inputs(label_dim)
-  rngs = {"dropout": jax.random.key(3)}
-  for train in (False, True):
-    out = apply(params, x, noise, labels, train=train, rngs=rngs)
-    assert out.shape == x.shape and out.dtype == jnp.float32
-    out2, feats = apply(params, x, noise, labels, train=train, return_features=True, rngs=rngs)
-    np.testing.assert_array_equal(out, out2)
-    assert feats.shape == (N, 8, 8, 32)  # output of enc/8x8_block0: model_channels 16 * channel_mult 2
-  assert np.all(np.isfinite(out))
+def test_unet_unconditional_shapes_and_dropout():
+  """Shapes with and without features in eval and train mode; dropout acts only in train mode, is
+  deterministic given the rng, and eval mode needs no rng. (One test per compiled model: pytest-xdist would
+  compile a shared cached model once per worker.)"""
+  _, params, run = _unconditional_run()
+  a, a2, b = run(params, _key(10)), run(params, _key(10)), run(params, _key(11))
+  output, features = a["eval_with_features"]
+  assert output.shape == a["train"].shape == (N, 16, 16, 2)
+  assert output.dtype == a["train"].dtype == jnp.float32
+  assert features.shape == (N, 8, 8, 32)  # output of enc/8x8_block0: model_channels 16 * channel_mult 2
+  assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(a))
+  np.testing.assert_array_equal(output, b["eval_with_features"][0])
+  np.testing.assert_array_equal(a["train"], a2["train"])
+  assert np.max(np.abs(a["train"] - output)) > 1e-3
+  assert np.max(np.abs(a["train"] - b["train"])) > 1e-3
+  model = _tiny(0)
+  x, noise, _ = _inputs(0)
+  shapes = jax.eval_shape(model.apply, params, x, noise)  # return_features=False
+  assert shapes.shape == x.shape and shapes.dtype == jnp.float32
+
+
+def test_unet_conditional_label_dropout_and_mapping():
+  """Conditional shapes; label dropout zeroes each sample's label vector whole, in train mode only; map_noise
+  gives EDM's [cos, sin] and map_layer0 receives SongUNet's swapped [sin, cos] plus the label map."""
+  _, params, run = _conditional_run()
+  first = run(params, _key(0))
+  cond, uncond = first["cond"], first["uncond"]
+  assert cond.shape == first["train"].shape == (N, 16, 16, 2)
+  assert first["train_features"].shape == (N, 8, 8, 32)
+  assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(first))
+  assert np.all(np.max(np.abs(cond - uncond), axis=(1, 2, 3)) > 1e-4)
+  seen = set()
+  for seed in range(4):
+    out = run(params, _key(seed))["train"]
+    for i in range(N):
+      is_cond = np.allclose(out[i], cond[i], atol=1e-5, rtol=0)
+      is_uncond = np.allclose(out[i], uncond[i], atol=1e-5, rtol=0)
+      assert is_cond != is_uncond
+      seen.add(is_cond)
+  assert seen == {True, False}
+
+  inter = first["intermediates"]
+  _, noise, labels = _inputs(LABEL_DIM)
+  noise = np.concatenate([noise, noise]).astype(np.float64)
+  labels = np.concatenate([labels, 0 * labels]).astype(np.float64)
+  nf = noise[:, None] * (1 / 10000) ** (np.arange(8) / 7)  # 16 channels, endpoint=True
+  np.testing.assert_allclose(inter["map_noise"]["__call__"][0], np.concatenate([np.cos(nf), np.sin(nf)], 1),
+                             atol=1e-5)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+  emb = np.concatenate([np.sin(nf), np.cos(nf)], 1)
+  emb = emb + (labels * np.sqrt(LABEL_DIM)) @ p["map_label"]["kernel"] + p["map_label"]["bias"]
+  expected = emb @ p["map_layer0"]["kernel"] + p["map_layer0"]["bias"]
+  np.testing.assert_allclose(inter["map_layer0"]["__call__"][0], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_unet_param_names_follow_songunet():
-  _, params, _ = _tiny_setup(LABEL_DIM)
-  p = params["params"]
+  x, noise, labels = _inputs(LABEL_DIM)
+  p = jax.eval_shape(_tiny(LABEL_DIM).init, _key(0), x, noise, labels)["params"]
   assert {"map_label", "map_layer0", "map_layer1", "enc", "dec"} <= set(p)
   assert set(p["enc"]) == {"16x16_conv", "16x16_block0", "8x8_down", "8x8_block0"}
   assert set(p["dec"]) == {"8x8_in0", "8x8_in1", "8x8_block0", "8x8_block1", "16x16_up", "16x16_block0",
@@ -81,94 +166,63 @@ def test_unet_param_names_follow_songunet():
   assert p["enc"]["16x16_block0"]["conv0"]["kernel"].shape == (3, 3, 16, 16)
   assert p["dec"]["16x16_block0"]["conv0"]["kernel"].shape == (3, 3, 48, 16)  # 32 + skip 16
   assert p["map_layer0"]["kernel"].shape == (16, 64)
-  unconditional = _tiny_setup(0)[1]["params"]
+  unconditional = jax.eval_shape(_tiny(0).init, _key(0), x, noise)["params"]
   assert "map_label" not in unconditional and "map_augment" not in unconditional
+  augmented = jax.eval_shape(_tiny(0, augment_dim=9).init, _key(0), *_inputs(0)[:2])["params"]
+  assert set(augmented["map_augment"]) == {"kernel"}  # no bias, created even without augment_labels
 
 
-def test_unet_dropout_only_in_train_mode_and_deterministic():
-  _, params, apply = _tiny_setup(0)
-  x, noise, _ = _inputs(0)
-  key_a, key_b = jax.random.key(10), jax.random.key(11)
-  eval_a = apply(params, x, noise, train=False, rngs={"dropout": key_a})
-  eval_b = apply(params, x, noise, train=False, rngs={"dropout": key_b})
-  np.testing.assert_array_equal(eval_a, eval_b)
-  np.testing.assert_array_equal(eval_a, apply(params, x, noise))  # no rng needed in eval mode
-  train_a = apply(params, x, noise, train=True, rngs={"dropout": key_a})
-  np.testing.assert_array_equal(train_a, apply(params, x, noise, train=True, rngs={"dropout": key_a}))
-  train_b = apply(params, x, noise, train=True, rngs={"dropout": key_b})
-  assert np.max(np.abs(train_a - eval_a)) > 1e-3
-  assert np.max(np.abs(train_a - train_b)) > 1e-3
-
-
-def test_unet_label_dropout():
-  _, params, apply = _tiny_setup(LABEL_DIM, dropout=0.0, label_dropout=0.5)
-  x, noise, labels = _inputs(LABEL_DIM, n=N)
-  cond = apply(params, x, noise, labels)
-  uncond = apply(params, x, noise, jnp.zeros_like(labels))
-  np.testing.assert_array_equal(uncond, apply(params, x, noise, None))  # None = unconditional
-  assert np.all(np.max(np.abs(cond - uncond), axis=(1, 2, 3)) > 1e-4)
-  seen = set()
-  for seed in range(8):
-    out = apply(params, x, noise, labels, train=True, rngs={"dropout": jax.random.key(seed)})
-    for i in range(N):
-      is_cond = np.allclose(out[i], cond[i], atol=1e-5, rtol=0)
-      is_uncond = np.allclose(out[i], uncond[i], atol=1e-5, rtol=0)
-      assert is_cond != is_uncond
-      seen.add(is_cond)
-  assert seen == {True, False}
-
-
-def test_unet_mapping_uses_swapped_positional_embedding():
-  """map_noise gives EDM's [cos, sin]; map_layer0 receives SongUNet's swapped [sin, cos] (+ label map)."""
-  model, params, _ = _tiny_setup(LABEL_DIM)
-  x, noise, labels = _inputs(LABEL_DIM)
-  _, state = model.apply(params, x, noise, labels, capture_intermediates=True, mutable=["intermediates"])
-  inter = state["intermediates"]
-  nf = np.asarray(noise, np.float64)[:, None] * (1 / 10000) ** (np.arange(8) / 7)  # 16 channels, endpoint
-  np.testing.assert_allclose(inter["map_noise"]["__call__"][0], np.concatenate([np.cos(nf), np.sin(nf)], 1),
-                             atol=1e-5)
-  p = params["params"]
-  emb = np.concatenate([np.sin(nf), np.cos(nf)], 1)
-  emb = emb + (np.asarray(labels) * np.sqrt(LABEL_DIM)) @ p["map_label"]["kernel"] + p["map_label"]["bias"]
-  expected = emb @ p["map_layer0"]["kernel"] + p["map_layer0"]["bias"]
-  np.testing.assert_allclose(inter["map_layer0"]["__call__"][0], expected, rtol=1e-4, atol=1e-4)
-
-
-def test_unet_fourier_embedding_and_buffer_override():
-  model = _tiny(0, embedding_type="fourier", num_blocks=0, attn_resolutions=())
-  x, noise, _ = _inputs(0)
-  variables = model.init(jax.random.key(0), x, noise)
-  assert "buffers" not in variables
-  freqs = layers.fourier_frequencies(16)
-  nf = np.asarray(noise)[:, None] * 2 * np.pi * freqs
-  _, state = model.apply(variables, x, noise, capture_intermediates=True, mutable=["intermediates"])
-  np.testing.assert_allclose(state["intermediates"]["map_noise"]["__call__"][0],
-                             np.concatenate([np.cos(nf), np.sin(nf)], 1), atol=1e-4)
-  other = {**variables, "buffers": {"map_noise": {"freqs": jnp.asarray(freqs[::-1].copy())}}}
-  assert np.max(np.abs(model.apply(_perturb(variables), x, noise)
-                       - model.apply({**_perturb(variables), **{"buffers": other["buffers"]}}, x, noise))) > 0
-
-
-def test_unet_bfloat16_compute_keeps_float32_params_and_output():
-  model = _tiny(0, dtype=jnp.bfloat16, num_blocks=0, attn_resolutions=())
-  x, noise, _ = _inputs(0)
-  params = model.init(jax.random.key(0), x, noise)
-  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
-  out, feats = model.apply(_perturb(params), x, noise, return_features=True)
-  assert out.dtype == jnp.float32 and feats.dtype == jnp.bfloat16
-  ref = _tiny(0, num_blocks=0, attn_resolutions=()).apply(_perturb(params), x, noise)
-  np.testing.assert_allclose(out, ref, atol=0.1 * float(np.abs(ref).max()))
+def test_unet_block_init_follows_edm_initialisers():
+  block = unet.UNetBlock(out_channels=16, attention=True, num_heads=1, adaptive_scale=False,
+                         init_weight=1.0, init_zero_weight=1e-5, init_attn_weight=float(np.sqrt(0.2)))
+  params = jax.jit(block.init)(_key(0), jnp.zeros((1, 4, 4, 8)), jnp.zeros((1, 12)))["params"]
+  # xavier_uniform * init_weight: bound = init_weight * sqrt(6 / (fan_in + fan_out)), fans count k * k.
+  bound = lambda shape, weight: weight * np.sqrt(6 / ((shape[-2] + shape[-1]) * np.prod(shape[:-2])))
+  for name, weight in [("conv0", 1.0), ("conv1", 1e-5), ("skip", 1.0), ("qkv", np.sqrt(0.2)), ("proj", 1e-5),
+                       ("affine", 1.0)]:
+    kernel = np.asarray(params[name]["kernel"])
+    assert np.abs(kernel).max() <= bound(kernel.shape, weight) * (1 + 1e-6)
+    assert np.abs(kernel).max() > 0.8 * bound(kernel.shape, weight)
+    np.testing.assert_array_equal(params[name]["bias"], 0.0)
+  np.testing.assert_array_equal(params["norm0"]["scale"], 1.0)
+  np.testing.assert_array_equal(params["norm0"]["bias"], 0.0)
 
 
 def test_presets_build():
-  shapes = jax.eval_shape(
-      lambda: unet.UNet(**unet.PRESETS["digits"], label_dim=10).init(
-          jax.random.key(0), jnp.zeros((1, 16, 16, 1)), jnp.zeros(1), jnp.zeros((1, 10))))
+  shapes = jax.eval_shape(unet.UNet(**unet.PRESETS["digits"], label_dim=10).init, _key(0),
+                          jnp.zeros((1, 16, 16, 1)), jnp.zeros(1), jnp.zeros((1, 10)))
   count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
   assert 1_000_000 <= count <= 2_000_000
-  cifar = jax.eval_shape(lambda: unet.UNet(**unet.PRESETS["cifar10"]).init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros(1)))
+  cifar = jax.eval_shape(unet.UNet(**unet.PRESETS["cifar10"]).init, _key(0), jnp.zeros((1, 32, 32, 3)),
+                         jnp.zeros(1))
   assert sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(cifar)) == 55_732_739  # EDM: 55.73M
+
+
+def test_fourier_embedding_and_buffer_override():
+  model = _tiny(0, embedding_type="fourier")
+  assert set(jax.eval_shape(model.init, _key(0), *_inputs(0)[:2])) == {"params"}  # no buffer by default
+  noise = np.array([-1.0, 0.0, 0.25], np.float32)
+  embed = jax.jit(unet._Embedding(16, "fourier").apply)  # pylint: disable=protected-access
+  freqs = layers.fourier_frequencies(16)
+  for variables, f in [({}, freqs), ({"buffers": {"freqs": jnp.asarray(freqs[::-1].copy())}}, freqs[::-1])]:
+    nf = noise[:, None] * 2 * np.pi * f
+    np.testing.assert_allclose(embed(variables, noise), np.concatenate([np.cos(nf), np.sin(nf)], 1), atol=1e-4)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_output():
+  model = _tiny(LABEL_DIM, dtype=jnp.bfloat16)
+  x, noise, labels = _inputs(LABEL_DIM)
+  shapes = jax.eval_shape(model.init, _key(0), x, noise, labels)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))
+  out, feats = jax.eval_shape(functools.partial(model.apply, return_features=True), shapes, x, noise, labels)
+  assert out.dtype == jnp.float32 and feats.dtype == jnp.bfloat16
+  block = lambda dtype: unet.UNetBlock(out_channels=16, down=True, attention=True, num_heads=1, dtype=dtype)
+  x, emb = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 8)), jnp.float32), jnp.ones((2, 12))
+  params = _random_params(block(jnp.float32), x, emb)
+  ref = jax.jit(block(jnp.float32).apply)(params, x, emb)
+  low = jax.jit(block(jnp.bfloat16).apply)(params, x, emb)
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(low, np.float32), ref, atol=0.05 * float(np.abs(ref).max()))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -247,8 +301,8 @@ def test_unet_block_matches_numpy_edm_block(resample):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 4, 4, 8)), jnp.float32)
   emb = jnp.asarray(rng.standard_normal((2, 12)), jnp.float32)
-  variables = _perturb(block.init(jax.random.key(0), x, emb))
-  out = block.apply(variables, x, emb)
+  variables = _random_params(block, x, emb)
+  out = jax.jit(block.apply)(variables, x, emb)
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), flax.core.unfreeze(variables["params"]))
 
   def resample_np(v):
@@ -316,8 +370,10 @@ def test_group_norm_custom_vjp_matches_autodiff():
 
   ours = lambda x, s, b: jnp.sum(jnp.sin(layers.group_norm(x, s, b, 2, 1e-6)) * probe)
   ref = lambda x, s, b: jnp.sum(jnp.sin(reference(x, s, b)) * probe)
-  np.testing.assert_allclose(ours(x, scale, bias), ref(x, scale, bias), rtol=1e-5)
-  for g, r in zip(jax.grad(ours, (0, 1, 2))(x, scale, bias), jax.grad(ref, (0, 1, 2))(x, scale, bias)):
+  value_and_grads = lambda f: jax.jit(jax.value_and_grad(f, (0, 1, 2)))(x, scale, bias)
+  (v1, g1), (v2, g2) = value_and_grads(ours), value_and_grads(ref)
+  np.testing.assert_allclose(v1, v2, rtol=1e-5)
+  for g, r in zip(g1, g2):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
 
 
@@ -325,23 +381,35 @@ def test_group_norm_custom_vjp_matches_autodiff():
 # MLP.
 
 
-@pytest.mark.parametrize("label_dim", [0, 3])
-def test_mlp_shapes_and_dropout(label_dim):
-  model = mlp.MLP(data_dim=2, label_dim=label_dim, hidden=32, depth=3, emb_dim=16, dropout=0.2,
-                  label_dropout=0.1)
+def test_mlp_shapes_dropout_and_labels():
+  model = mlp.MLP(data_dim=2, label_dim=3, hidden=32, depth=3, emb_dim=16, dropout=0.2, label_dropout=0.5)
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((5, 2)), jnp.float32)
-  noise = jnp.asarray(rng.standard_normal(5), jnp.float32)
-  labels = jnp.asarray(np.eye(3)[rng.integers(0, 3, 5)], jnp.float32) if label_dim else None
-  params = model.init(jax.random.key(0), x, noise, labels)
-  assert {"map_layer0", "layer0", "emb0", "out"} <= set(params["params"])
-  out, feats = model.apply(params, x, noise, labels, return_features=True)
-  assert out.shape == (5, 2) and out.dtype == jnp.float32 and feats.shape == (5, 32)
-  assert np.max(np.abs(out)) < 1e-3  # near-zero output layer at init
-  params = _perturb(params)
-  rngs = lambda seed: {"dropout": jax.random.key(seed)}
-  evals = model.apply(params, x, noise, labels)
-  train = model.apply(params, x, noise, labels, train=True, rngs=rngs(0))
-  np.testing.assert_array_equal(train, model.apply(params, x, noise, labels, train=True, rngs=rngs(0)))
-  assert np.max(np.abs(train - evals)) > 1e-4
-  np.testing.assert_array_equal(evals, model.apply(params, x, noise, labels, rngs=rngs(1)))
+  x = jnp.asarray(rng.standard_normal((6, 2)), jnp.float32)
+  noise = jnp.asarray(rng.standard_normal(6), jnp.float32)
+  labels = jnp.asarray(np.eye(3)[rng.integers(0, 3, 6)], jnp.float32)
+  params = jax.jit(model.init)(_key(0), x, noise, labels)
+  names = {"map_label", "map_layer0", "map_layer1", "out"} | {f"{n}{i}" for n in ("layer", "emb") for i in range(3)}
+  assert set(params["params"]) == names
+  assert np.max(np.abs(model.apply(params, x, noise, labels))) < 1e-3  # near-zero output layer at init
+
+  @jax.jit
+  def run(params, key):
+    rngs = {"dropout": key}
+    return dict(eval=model.apply(params, x, noise, labels, return_features=True),
+                uncond=model.apply(params, x, noise, jnp.zeros_like(labels)),
+                uncond_none=model.apply(params, x, noise, None),
+                train=model.apply(params, x, noise, labels, train=True, rngs=rngs))
+
+  params = _random_params(model, x, noise, labels)
+  a, a2, b = run(params, _key(0)), run(params, _key(0)), run(params, _key(1))
+  out, features = a["eval"]
+  assert out.shape == (6, 2) and out.dtype == jnp.float32 and features.shape == (6, 32)
+  np.testing.assert_array_equal(a["uncond"], a["uncond_none"])
+  assert np.max(np.abs(a["uncond"] - out)) > 1e-4
+  np.testing.assert_array_equal(a["train"], a2["train"])
+  assert np.max(np.abs(a["train"] - out)) > 1e-4 and np.max(np.abs(a["train"] - b["train"])) > 1e-4
+  unconditional = mlp.MLP(data_dim=2, hidden=32, depth=2, emb_dim=16)
+  shapes = jax.eval_shape(unconditional.init, _key(0), x, noise)
+  assert "map_label" not in shapes["params"]
+  assert jax.eval_shape(unconditional.apply, shapes, x, noise).shape == (6, 2)
+

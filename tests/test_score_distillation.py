@@ -200,3 +200,196 @@ def test_sida_losses_reductions():
   g = bce(np.clip(np.asarray(lf) * 10, -10, 10), 1)
   np.testing.assert_allclose(sid.sida_adversarial_loss(lf * 10, w, 48.0, reduction="per_sample"),
                              48.0 * np.mean(g.mean(axis=1) / np.asarray(w)), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The objectives on a tiny MLP and the analytic teacher (toy2d smoke presets).
+
+OBJECTIVES = ("sid", "sida", "diff_instruct", "dmd", "dmd2", "fdistill")
+
+
+_CACHE = {}
+
+
+def _setup(name, arg="toy2d,smoke", **overrides):
+  """(config, dataset, teacher, objective, state, jitted train_step), built once per (name, arg, overrides):
+  compiling the steps is most of this file's time."""
+  key = (name, arg, tuple(sorted(overrides.items())))
+  if key not in _CACHE:
+    import importlib  # pylint: disable=g-import-not-at-top
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    for path, value in overrides.items():
+      node = config.objective[name]
+      *parts, leaf = path.split(".")
+      for part in parts:
+        node = node[part]
+      node[leaf] = value
+    dataset = data_lib.build(config.data)
+    teacher = teachers.build(config.teacher, dataset)
+    objective = objectives.build(config, dataset.spec)
+    state = jax.jit(objective.init)(jax.random.key(0), example_batch(dataset.spec), teacher)
+    _CACHE[key] = (config, dataset, teacher, objective, state, jax.jit(objective.train_step))
+  return _CACHE[key]
+
+
+def _network_teacher(objective, state, seed=0):
+  """A teacher with the students' network and random weights (perturbed so that the near-zero output layer of a
+  fresh MLP does not make every network nearly the identity), and the state with its fake score set to it."""
+  leaves, tree = jax.tree.flatten(state.params["fake_score"])
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  params = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  state = state.replace(params={**state.params, "fake_score": jax.tree.map(jnp.array, params)})
+  return teachers.Teacher(params=params, apply_fn=objective.apply_fn), state
+
+
+def _changed(a, b):
+  return any(bool(jnp.any(x != y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# SiD and Diff-Instruct run with a network teacher and a frozen fake score equal to it (lr 0), so that the same
+# compiled step also serves the zero-gradient test below (compiling a step is most of this file's time; a
+# teacher with another apply function is another compilation).
+_FROZEN_FAKE = {"fake_score_optimizer.lr": 0.0}
+
+
+def _default_setup(name):
+  if name not in ("sid", "diff_instruct"):
+    return _setup(name)
+  config, dataset, _, objective, state, step = _setup(name, **_FROZEN_FAKE)
+  teacher, state = _network_teacher(objective, state)
+  return config, dataset, teacher, objective, state, step
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_objective_steps_and_samples_on_toy2d(name):
+  _, dataset, teacher, objective, state, step = _default_setup(name)
+  it = dataset.iterator()
+  for _ in range(2):
+    state, metrics = step(state, next(it), teacher)
+  assert int(state.step) == 2
+  assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+  assert {"generator/loss", "fake_score/loss"} <= set(metrics)
+  out = jax.jit(objective.sample, static_argnums=2)(state, jax.random.key(1), 7)
+  assert out.shape == (7, 2) and bool(jnp.all(jnp.isfinite(out)))
+  assert objective.export_role == "generator"
+
+
+@pytest.mark.parametrize("name", ["diff_instruct", "sid"])
+def test_generator_gradient_is_zero_when_the_fake_score_equals_the_teacher(name):
+  """Through a whole train_step: fake score = teacher (the same network, frozen) -> no generator gradient:
+  exactly 0 for Diff-Instruct (stop-gradiented network outputs; DMD is checked on its loss above), 0 up to
+  float rounding for SiD (two backward passes through equal networks cancel)."""
+  _, dataset, teacher, objective, state, step = _default_setup(name)
+  batch = next(dataset.iterator())
+  new, metrics = step(state, batch, teacher)
+  assert float(metrics["generator/updated"]) == 1.0
+  # A different teacher gives a gradient (the check is not vacuous).
+  other, _ = _network_teacher(objective, state, seed=1)
+  _, other_metrics = step(state, batch, other)
+  assert float(other_metrics["generator/grad_norm"]) > 1e-2
+  if name == "sid":
+    assert float(metrics["generator/grad_norm"]) < 1e-5 * float(other_metrics["generator/grad_norm"])
+  else:
+    assert float(metrics["generator/grad_norm"]) == 0.0
+    jax.tree.map(np.testing.assert_array_equal, new.params["generator"], state.params["generator"])
+
+
+def test_students_start_as_copies_of_a_matching_teacher():
+  _, dataset, _, objective, state, _ = _default_setup("sid")
+  teacher, _ = _network_teacher(objective, state)
+  fresh = objective.init(jax.random.key(3), example_batch(dataset.spec), teacher)
+  for role in ("generator", "fake_score"):
+    jax.tree.map(np.testing.assert_array_equal, fresh.params[role], teacher.params)
+  jax.tree.map(np.testing.assert_array_equal, fresh.ema["generator"], teacher.params)
+
+
+def test_ttur_generator_changes_once_in_r_steps_while_fake_score_and_critic_change_every_step():
+  _, dataset, teacher, objective, state, step = _setup("dmd2")
+  r = 5   # the dmd2 preset's TTUR: G updates on steps 0, 5, 10, ...
+  it = dataset.iterator()
+  state, _ = step(state, next(it), teacher)   # step 0 (its learning rates are 0: the warm-ups start at 0)
+  changes = {"generator": 0, "fake_score": 0, "critic": 0}
+  for i in range(1, r + 1):
+    new, metrics = step(state, next(it), teacher)
+    for role in changes:
+      changes[role] += _changed(state.params[role], new.params[role])
+    if i < r:   # critic (guidance) steps: the generator is untouched, bit for bit
+      jax.tree.map(np.testing.assert_array_equal, new.params["generator"], state.params["generator"])
+      jax.tree.map(np.testing.assert_array_equal, new.opt_state["generator"], state.opt_state["generator"])
+    assert float(metrics["generator/updated"]) == float(i == r)
+    state = new
+  assert changes == {"generator": 1, "fake_score": r, "critic": r}
+
+
+def test_sida_warm_up_freezes_the_generator_then_turns_the_gan_term_on():
+  # The smoke preset: batch 8, generator_start 16 images (G from step 3 on, when 24 > 16 images were seen) and
+  # gan_start 24 images (the GAN term from step 4 on).
+  _, dataset, teacher, objective, state, step = _setup("sida")
+  it = dataset.iterator()
+  updated, gan_on = [], []
+  for _ in range(5):
+    new, metrics = step(state, next(it), teacher)
+    updated.append(_changed(state.params["generator"], new.params["generator"]))
+    gan_on.append(float(metrics["generator/gan_on"]))
+    assert _changed(state.params["fake_score"], new.params["fake_score"])
+    state = new
+  assert updated == [False, False, False, True, True]
+  assert gan_on == [0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_fdistill_with_reverse_kl_takes_the_dmd2_step():
+  _, dataset, teacher, _, dmd2_state, dmd2_step = _setup("dmd2")
+  _, _, _, _, f_state, f_step = _setup("fdistill", divergence="reverse_kl", gen_gan_weight=3e-3)
+  jax.tree.map(np.testing.assert_array_equal, dmd2_state.params, f_state.params)
+  batch = next(dataset.iterator())
+  s1, m1 = dmd2_step(dmd2_state, batch, teacher)
+  s2, m2 = f_step(f_state, batch, teacher)
+  np.testing.assert_allclose(m2["generator/grad_norm"], m1["generator/grad_norm"], rtol=1e-5)
+  np.testing.assert_allclose(m2["generator/dm_loss"], m1["generator/dm_loss"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s2.params, s1.params)
+
+
+def test_dmd_regression_pairs_are_the_teachers_heun_samples():
+  config, dataset, teacher, _, state, _ = _setup("dmd")
+  from gendistill.diffusion import samplers  # pylint: disable=g-import-not-at-top
+  z = state.extra["reg_z"]
+  expect = samplers.heun_sampler(teacher.denoise_fn(), z, num_steps=config.sampler.num_steps,
+                                 sigma_max=config.sampler.sigma_max)
+  np.testing.assert_allclose(state.extra["reg_y"], expect, rtol=1e-4, atol=1e-5)
+  del dataset
+
+
+def test_dmd2_few_step_generator_backward_simulation_and_sampling():
+  _, dataset, teacher, objective, state, step = _setup("dmd2", arg="toy2d,smoke,fewstep")
+  state, metrics = step(state, next(dataset.iterator()), teacher)
+  assert np.isfinite(float(metrics["generator/loss"]))
+  sample = jax.jit(objective.sample, static_argnums=(2, 4))
+  for steps in (1, 4):
+    assert sample(state, jax.random.key(0), 5, None, steps).shape == (5, 2)
+  z = jnp.ones((3, 2))
+  fn = lambda p, x, s, labels=None, train=False, rngs=None: 0.5 * x
+  x0, s0 = score_common.backward_simulation(fn, None, z, (80.0, 10.0, 1.0), None, jax.random.key(0), 0)
+  np.testing.assert_allclose(x0, 80.0 * z)
+  assert float(s0) == 80.0
+  x2, s2 = score_common.backward_simulation(fn, None, z, (80.0, 10.0, 1.0), None, jax.random.key(0), 2)
+  assert float(s2) == 1.0 and x2.shape == z.shape
+
+
+def test_guided_apply_is_cfg_and_shares_one_pair_of_calls_for_several_scales():
+  calls = []
+
+  def net(params, x, sigma, labels=None, train=False, rngs=None):
+    calls.append(x.shape[0])
+    lab = 0.0 if labels is None else jnp.sum(labels, axis=1, keepdims=True)
+    return params * x + lab * sigma[:, None]
+
+  x, sigma = jnp.ones((3, 2)), jnp.array([1.0, 2.0, 3.0])
+  labels = jnp.eye(3)
+  cond, uncond = net(2.0, x, sigma, labels), net(2.0, x, sigma, jnp.zeros_like(labels))
+  calls.clear()
+  out2, out3 = score_common.guided_apply(net, 2.0, x, sigma, labels, (1.5, 3.0))
+  assert calls == [6]   # one batched call for both scales
+  np.testing.assert_allclose(out2, uncond + 1.5 * (cond - uncond))
+  np.testing.assert_allclose(out3, uncond + 3.0 * (cond - uncond))
+  np.testing.assert_allclose(score_common.guided_apply(net, 2.0, x, sigma, labels, 1.0), cond)
+  np.testing.assert_allclose(score_common.guided_apply(net, 2.0, x, sigma, None, 4.0), 2.0 * x)  # unconditional

@@ -35,5 +35,12 @@ def build(config: ml_collections.ConfigDict, spec) -> Objective:
 
 # Registration happens on import of each method's module.
 from gendistill.objectives import edm  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import sid  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import diff_instruct  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import dmd  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import fdistill  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import ign  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import adversarial  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import add  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 __all__ = ["Objective", "register", "build", "names", "default_configs"]

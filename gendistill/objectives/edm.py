@@ -2,13 +2,12 @@
 
 L = E_sigma,n [ lambda(sigma) || D(x + sigma n; sigma) - x ||^2 ], summed over pixels, mean over the batch.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from gendistill import nets
+from gendistill import sharding
 from gendistill import state as state_lib
 from gendistill.diffusion import noise as noise_lib
 from gendistill.diffusion import samplers
@@ -39,9 +38,15 @@ def edm_loss(apply_fn, params, x, labels, rng, *, cfg, sigma_data, train=True):
   """The denoising loss of one batch; returns (loss, per-sample losses)."""
   rng_sigma, rng_noise, rng_dropout = jax.random.split(rng, 3)
   sigma = training_sigma(cfg, rng_sigma, x.shape[0])
+  n = jax.random.normal(rng_noise, x.shape, x.dtype)
+  return edm_loss_given_noise(apply_fn, params, x, labels, sigma, n, rng_dropout, cfg=cfg, sigma_data=sigma_data,
+                              train=train)
+
+
+def edm_loss_given_noise(apply_fn, params, x, labels, sigma, n, rng_dropout, *, cfg, sigma_data, train=True):
+  """`edm_loss` with the noise levels sigma [B] and the noise n drawn by the caller (for micro-batching)."""
   _, weight_fn = noise_lib.training_noise(cfg.noise)
   weight = weight_fn(sigma, sigma_data)
-  n = jax.random.normal(rng_noise, x.shape, x.dtype)
   denoised = apply_fn(params, x + noise_lib.expand(sigma, x) * n, sigma, labels, train=train,
                       rngs={"dropout": rng_dropout})
   per_sample = weight * jnp.sum(jnp.reshape((denoised - x) ** 2, (x.shape[0], -1)), axis=1)
@@ -59,7 +64,11 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
   def apply_fn(params, x, sigma, labels=None, train=False, rngs=None):
     return net.apply(params, x, sigma, labels, train=train, rngs=rngs)
 
-  loss_fn = functools.partial(edm_loss, apply_fn, cfg=cfg, sigma_data=config.network.sigma_data)
+  microbatches = config.train.get("microbatches", 1)
+
+  def loss_fn(params, batch, rng_dropout):
+    return edm_loss_given_noise(apply_fn, params, batch["x"], batch["labels"], batch["sigma"], batch["noise"],
+                                rng_dropout, cfg=cfg, sigma_data=config.network.sigma_data)[0]
 
   def init(rng, batch, teacher=None):
     del teacher
@@ -72,7 +81,13 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
     del teacher
     x, labels = base.batch_inputs(batch, spec)
     (rng,) = state.step_rng(ROLE)
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params[ROLE], x, labels, rng)
+    # The per-example noise is drawn for the whole batch first (as edm_loss draws it), so that gradient
+    # accumulation over micro-batches gives the full batch's update.
+    rng_sigma, rng_noise, rng_dropout = jax.random.split(rng, 3)
+    batch = dict(x=x, labels=labels, sigma=training_sigma(cfg, rng_sigma, x.shape[0]),
+                 noise=jax.random.normal(rng_noise, x.shape, x.dtype))
+    loss, grads = sharding.accumulate_gradients(loss_fn, state.params[ROLE], batch, rng_dropout,
+                                                num_microbatches=microbatches)
     state, metrics = state_lib.apply_gradients(state, ROLE, grads, tx)
     decay = ema_decay(state.step)
     state = state.replace(step=state.step + 1,

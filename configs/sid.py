@@ -1,0 +1,112 @@
+"""SiD distillation presets: `--config=configs/sid.py:<dataset>[,smoke][,grid25][,teacher=WORKDIR]`.
+
+dataset:
+  toy2d      2-D Gaussian mixture (8-ring with unequal weights; `grid25`: the 5x5 grid with unequal weights),
+             the analytic (exact) teacher, MLP generator and fake score initialised randomly (the analytic teacher
+             has no network to copy).
+  digits     the embedded 16x16 digits, class-conditional; the teacher is the `edm` run in `teacher=WORKDIR`
+             (default workdirs/demo/teacher, made by `make demo`); generator and fake score start from it.
+  cifar10    SiD's CIFAR-10 recipe (paper/official code): DDPM++ 32x32, batch 256, Adam(0, 0.999) lr 1e-5,
+             alpha 1.2, sigma_init 2.5, t_max 800, EMA 0.5 Mimg, 500 Mimg. Teacher: a converted EDM checkpoint
+             run directory (`teacher=...`). Meant for accelerators.
+  imagenet64 SiD's ImageNet 64x64 recipe: batch 8192, lr 4e-6, dropout 0.1, no augmentation, EMA 2 Mimg,
+             1000 Mimg (alpha 1.2). The official teacher is EDM's ADM network, which gendistill.nets does not
+             have: the preset uses a 64x64 DDPM++ UNet and needs a teacher of that architecture.
+`smoke` shrinks everything for tests; with a network teacher it uses a randomly initialised teacher
+(teacher.source = 'random') so that it runs without a trained one.
+
+`distillation_config` is shared by the presets of every score-distillation objective (sid, sida, diff_instruct,
+dmd, dmd2, fdistill): data, network, teacher and loop per dataset; each preset then sets its method's keys.
+"""
+from configs import base
+
+DEFAULT_TEACHER = "workdirs/demo/teacher"
+DATASETS = ("toy2d", "digits", "cifar10", "imagenet64")
+ARGS = ("toy2d", "toy2d,grid25", "digits", "cifar10", "imagenet64")
+
+
+def parse(arg: str):
+  """'digits,smoke,teacher=/x' -> ('digits', {'smoke'}, '/x' or None)."""
+  dataset, flags = base.parse_arg(arg)
+  teacher = None
+  for flag in list(flags):
+    if flag.startswith("teacher="):
+      teacher = flag.split("=", 1)[1]
+      flags.discard(flag)
+  return dataset, flags, teacher
+
+
+def distillation_config(objective: str, arg: str):
+  """(config, dataset, flags) with everything but the method's own hyper-parameters set."""
+  dataset, flags, teacher = parse(arg)
+  if dataset not in DATASETS:
+    raise ValueError(f"Unknown dataset {dataset!r} for configs/{objective}.py; expected one of {DATASETS}.")
+  c = base.get_config()
+  c.objective.name = objective
+  if dataset == "toy2d":
+    kind = "grid25_unequal" if "grid25" in flags else "ring8_unequal"
+    c.data.update(name="toy2d", toy2d_kind=kind, batch_size=256, conditional=False)
+    c.network.update(kind="mlp", mlp_hidden=256, mlp_depth=4, dropout=0.0)
+    c.teacher.update(source="analytic")
+    c.train.update(num_steps=3000, log_every=100, checkpoint_every=1000, sample_every=1000)
+    c.eval.update(num_samples=4000, batch_size=4000)
+  elif dataset == "digits":
+    # The network of configs/edm.py:digits (the demo teacher's), so the students start from the teacher.
+    c.data.update(name="digits", image_size=16, batch_size=64, conditional=True)
+    c.network.update(kind="unet", model_channels=32, channel_mult=(1, 2, 2), num_blocks=2, attn_resolutions=(8,),
+                     dropout=0.1, label_dropout=0.1)
+    c.teacher.update(source="workdir", workdir=teacher or DEFAULT_TEACHER)
+    c.train.update(num_steps=2000, log_every=50, checkpoint_every=500, sample_every=500)
+    c.eval.update(num_samples=1000)
+  elif dataset == "cifar10":
+    c.data.update(name="tfds", tfds_name="cifar10", image_size=32, batch_size=256, conditional=True)
+    c.network.update(kind="unet", model_channels=128, channel_mult=(2, 2, 2), num_blocks=4, attn_resolutions=(16,),
+                     dropout=0.13, label_dropout=0.0)
+    c.teacher.update(source="workdir", workdir=teacher or "")
+    c.train.update(num_steps=500_000_000 // 256, log_every=100, checkpoint_every=5000, sample_every=5000,
+                   eval_every=50_000)
+    c.eval.update(num_samples=50_000, batch_size=500)
+  elif dataset == "imagenet64":
+    c.data.update(name="tfds", tfds_name="imagenet_resized/64x64", image_size=64, batch_size=8192,
+                  conditional=True)
+    c.network.update(kind="unet", model_channels=128, channel_mult=(1, 2, 2, 2), num_blocks=4,
+                     attn_resolutions=(16,), dropout=0.1, label_dropout=0.0)
+    c.teacher.update(source="workdir", workdir=teacher or "")
+    c.train.update(num_steps=1_000_000_000 // 8192, log_every=100, checkpoint_every=2000, sample_every=2000,
+                   eval_every=10_000)
+    c.eval.update(num_samples=50_000, batch_size=500)
+  if "smoke" in flags:
+    base.smoke(c)
+    if c.teacher.source == "workdir":
+      c.teacher.update(source="random", workdir="")
+  return c, dataset, flags
+
+
+
+def get_config(arg: str = "digits"):
+  c, dataset, flags = distillation_config("sid", arg)
+  o = c.objective.sid
+  if dataset == "toy2d":
+    # weight_min: the per-sample normaliser mean|x_g - y_r| averages only 2 coordinates here and can come
+    # arbitrarily close to 0 at small sigma; clipping it at 0.05 (not 1e-5) keeps those samples' weights bounded.
+    o.update(alpha=1.2, sigma_init=2.5, weight_min=0.05)
+    o.generator_optimizer.update(lr=2e-4)
+    o.fake_score_optimizer.update(lr=1e-3)
+    o.ema.update(halflife_kimg=20.0)
+  elif dataset == "digits":
+    o.update(alpha=1.2, sigma_init=2.5)
+    o.generator_optimizer.update(lr=2e-5)
+    o.fake_score_optimizer.update(lr=2e-5)
+    o.ema.update(halflife_kimg=10.0)
+  elif dataset == "cifar10":
+    o.update(alpha=1.2, sigma_init=2.5, t_max=800)
+    o.generator_optimizer.update(lr=1e-5, b1=0.0)
+    o.fake_score_optimizer.update(lr=1e-5, b1=0.0)
+    o.ema.update(halflife_kimg=500.0, rampup_ratio=0.05)
+  elif dataset == "imagenet64":
+    o.update(alpha=1.2, sigma_init=2.5, t_max=800)
+    o.generator_optimizer.update(lr=4e-6, b1=0.0)
+    o.fake_score_optimizer.update(lr=4e-6, b1=0.0)
+    o.ema.update(halflife_kimg=2000.0, rampup_ratio=0.05)
+  del flags
+  return c

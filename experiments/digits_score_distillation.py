@@ -1,0 +1,147 @@
+"""Digits benchmark of the score-distillation objectives: one-step generators distilled from the digits EDM
+teacher (`make demo` trains it into workdirs/demo/teacher), against the teacher's own Heun NFE-35 samples.
+
+For each objective it trains with the objective's `digits` preset (generator and fake score start from the
+teacher), evaluates the generator's EMA every `--eval_every` steps on `--num_samples` class-balanced one-step
+samples with the digits FD (gendistill.evaluation.digits_metrics: Frechet distance of the embedded digits
+classifier's features), and records the first evaluation at which the student's FD is no worse than the teacher's
+NFE-35 FD (the SiD paper's claim that the student can surpass its teacher). Writes
+experiments/digits_score_distillation.md (and .json).
+
+    .venv/bin/python experiments/digits_score_distillation.py --teacher=workdirs/demo/teacher
+    .venv/bin/python experiments/digits_score_distillation.py --objectives=sid --steps=1000
+"""
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import gendistill  # noqa: E402,F401  (CPU flags before jax starts)
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gendistill import data as data_lib  # noqa: E402
+from gendistill import evaluation, objectives, teachers, train  # noqa: E402
+from gendistill.objectives.base import example_batch  # noqa: E402
+
+OBJECTIVES = ("sid", "sida", "diff_instruct", "dmd", "dmd2", "fdistill")
+
+
+def teacher_metrics(teacher_dir, num_samples, seed, steps=18):
+  """The teacher's own Heun (NFE 2 steps - 1) digits metrics, through its objective's sampler."""
+  from gendistill import checkpoint  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(teacher_dir, "config.json")) as f:
+    saved = json.load(f)
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(saved["config"])
+  spec = data_lib.DataSpec(**saved["spec"])
+  objective = objectives.build(config, spec)
+  state = checkpoint.restore_state(teacher_dir, objective, spec)
+  t0 = time.time()
+  samples, labels = train.generate(objective, state, jax.random.key(seed), num_samples, 250, spec.num_classes, steps)
+  seconds = time.time() - t0
+  return {**{k: float(v) for k, v in evaluation.digits_metrics(samples, labels).items()},
+          "sampling_seconds": seconds, "nfe": 2 * steps - 1}
+
+
+def run_one(name, args, teacher_fd):
+  config = importlib.import_module(f"configs.{name}").get_config(f"digits,teacher={args.teacher}")
+  config.seed = args.seed
+  if args.steps:
+    config.train.num_steps = args.steps
+  if args.batch_size:
+    config.data.batch_size = args.batch_size
+  dataset = data_lib.build(config.data)
+  teacher = teachers.device_put(teachers.build(config.teacher, dataset))
+  objective = objectives.build(config, dataset.spec)
+  state = jax.jit(objective.init)(jax.random.key(config.seed), example_batch(dataset.spec), teacher)
+  step_fn = jax.jit(objective.train_step, donate_argnums=0)
+  it = dataset.iterator()
+  ratio = max(int(config.objective[name].get("generator_every", 1)), 1)
+
+  def evaluate(step, seconds):
+    samples, labels = train.generate(objective, state, jax.random.key(args.seed + 1), args.num_samples, 250,
+                                     dataset.spec.num_classes)
+    m = {k: float(v) for k, v in evaluation.digits_metrics(samples, labels).items()}
+    row = {"step": step, "generator_updates": (step + ratio - 1) // ratio, "train_seconds": seconds, **m}
+    print(f"  {name:14s} step {step:5d} digits_fd {m['digits_fd']:.3f} acc {m.get('class_accuracy', float('nan')):.3f}"
+          f" ({seconds:.0f}s)", flush=True)
+    return row
+
+  history = [evaluate(0, 0.0)]
+  seconds, reached = 0.0, None
+  t0 = time.time()
+  state, _ = step_fn(state, next(it), teacher)
+  jax.block_until_ready(state)
+  compile_seconds = time.time() - t0
+  for step in range(1, config.train.num_steps):
+    t0 = time.time()
+    state, metrics = step_fn(state, next(it), teacher)
+    if (step + 1) % args.eval_every == 0 or step + 1 == config.train.num_steps:
+      jax.block_until_ready(state)
+      seconds += time.time() - t0
+      row = evaluate(step + 1, seconds)
+      row.update({k: float(v) for k, v in jax.device_get(metrics).items() if k.endswith("loss")})
+      history.append(row)
+      if reached is None and row["digits_fd"] <= teacher_fd:
+        reached = row
+    else:
+      seconds += time.time() - t0
+  best = min(history, key=lambda r: r["digits_fd"])
+  return {"objective": name, "final": history[-1], "best": best, "reached": reached, "history": history,
+          "compile_seconds": compile_seconds, "num_steps": config.train.num_steps,
+          "batch_size": config.data.batch_size}
+
+
+def write_table(args, ref, results):
+  lines = [
+      "# Digits benchmark: score distillation of the digits EDM teacher", "",
+      f"Generated by `experiments/digits_score_distillation.py --teacher={args.teacher} --num_samples="
+      f"{args.num_samples} --eval_every={args.eval_every}{' --steps=' + str(args.steps) if args.steps else ''}` on a "
+      "2-core CPU (shared with other jobs: times are indicative). Digits FD: Frechet distance of the embedded digits "
+      f"classifier's features, {args.num_samples} class-balanced samples against the real digits. One-step samples "
+      "of each generator's EMA; 'reached' is the first evaluation with FD no worse than the teacher's Heun NFE 35.",
+      "", f"Teacher, Heun NFE {ref['nfe']}: digits FD {ref['digits_fd']:.3f}, class accuracy "
+      f"{ref.get('class_accuracy', float('nan')):.3f}, {ref['sampling_seconds']:.1f} s for {args.num_samples} samples.",
+      "", "| objective | final FD | best FD (step) | class acc | reached teacher (step / G updates / s) | steps | "
+      "batch | train s |", "|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    f, b, reached = r["final"], r["best"], r["reached"]
+    where = (f"{reached['step']} / {reached['generator_updates']} / {reached['train_seconds']:.0f}" if reached
+             else "not reached")
+    lines.append(f"| {r['objective']} | {f['digits_fd']:.3f} | {b['digits_fd']:.3f} ({b['step']}) | "
+                 f"{f.get('class_accuracy', float('nan')):.3f} | {where} | {r['num_steps']} | {r['batch_size']} | "
+                 f"{f['train_seconds']:.0f} |")
+  with open(args.out + ".md", "w") as fh:
+    fh.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--teacher", default=os.path.join("workdirs", "demo", "teacher"))
+  parser.add_argument("--objectives", default=",".join(OBJECTIVES))
+  parser.add_argument("--num_samples", type=int, default=1000)
+  parser.add_argument("--eval_every", type=int, default=250)
+  parser.add_argument("--steps", type=int, default=0, help="override the presets' train.num_steps")
+  parser.add_argument("--batch_size", type=int, default=0, help="override the presets' batch size")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "digits_score_distillation"))
+  args = parser.parse_args()
+  if not os.path.exists(os.path.join(args.teacher, "config.json")):
+    sys.exit(f"No digits teacher in {args.teacher!r}: run `make demo` (or train configs/edm.py:digits) first.")
+  ref = teacher_metrics(args.teacher, args.num_samples, args.seed)
+  print(f"teacher Heun NFE {ref['nfe']}: digits FD {ref['digits_fd']:.3f}", flush=True)
+  results = [run_one(name, args, ref["digits_fd"]) for name in args.objectives.split(",")]
+  with open(args.out + ".json", "w") as f:
+    json.dump({"args": vars(args), "teacher": ref, "results": results}, f, indent=1)
+  write_table(args, ref, results)
+
+
+if __name__ == "__main__":
+  main()
