@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test test-all install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: install
 	$(PY) -m gendistill.demo --workdir=$(WORKDIR)
 
 test: install
+	$(PY) -m pytest -n 2 -m "not multiprocess" tests
+
+test-all: install
 	$(PY) -m pytest -n 2 tests
 
 clean:
