@@ -32,4 +32,4 @@ def get_config(arg: str = "digits"):
     o.fake_score_optimizer.update(lr=1e-5)
     o.ema.update(halflife_kimg=500.0)
     c.train.num_steps = 200_000_000 // 128
-  return c
+  return sid_config.finish(c, flags)

@@ -40,4 +40,4 @@ def get_config(arg: str = "digits"):
     c.train.num_steps = 350_000
   if "smoke" in flags:
     o.update(regression_pairs=8, regression_batch_size=4, regression_chunk=8)
-  return c
+  return sid_config.finish(c, flags)

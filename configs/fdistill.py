@@ -36,4 +36,4 @@ def get_config(arg: str = "digits"):
     c.train.num_steps = 400_000
   if "smoke" in flags:
     o.critic.update(hidden=16, depth=1)
-  return c
+  return sid_config.finish(c, flags)

@@ -16,7 +16,7 @@ def get_config(arg: str = "digits"):
   b = c.data.batch_size
   if dataset == "toy2d":
     o.update(weight_min=0.05)   # as configs/sid.py:toy2d
-    o.generator_optimizer.update(lr=2e-4)
+    o.generator_optimizer.update(lr=1e-4)
     o.fake_score_optimizer.update(lr=1e-3)
     o.ema.update(halflife_kimg=20.0)
     # The official warm-ups are 100/200 kimg of 256-image batches: here 50 and 100 steps.
@@ -36,6 +36,7 @@ def get_config(arg: str = "digits"):
     o.fake_score_optimizer.update(lr=4e-6)
     o.ema.update(halflife_kimg=2000.0)
     c.train.num_steps = 300_000_000 // b
+  c = sid_config.finish(c, flags)
   if "smoke" in flags:   # warm-ups of 2 and 3 steps, so that a few steps pass through all phases
     o.update(generator_start_kimg=2 * c.data.batch_size / 1000, gan_start_kimg=3 * c.data.batch_size / 1000)
   return c

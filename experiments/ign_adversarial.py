@@ -60,6 +60,21 @@ def _set(config, overrides: dict):
   return config
 
 
+def record(bench: str, name: str, row: dict):
+  """Adds one result to experiments/results/ign_adversarial_<bench>.json right away (runs are long)."""
+  os.makedirs(RESULTS, exist_ok=True)
+  path = os.path.join(RESULTS, f"ign_adversarial_{bench}.json")
+  results = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      results = json.load(f)
+  results[name] = row
+  with open(path + ".tmp", "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(path + ".tmp", path)
+  return row
+
+
 def _rows(metrics: dict, keys):
   return {k: float(metrics[k]) for k in keys if k in metrics}
 
@@ -110,15 +125,15 @@ def bench_toy2d(args):
   reference = mix.sample(args.num_samples, seed=12345)
   teacher = teachers.device_put(teachers.gaussian_mixture(mix.weights, mix.means, mix.covs))
   results = {}
+  save = lambda name, row: results.__setitem__(name, record("toy2d", name, row))
 
   # References: the exact teacher with Heun 18 steps (NFE 35), and fresh samples of the mixture.
   noise = jax.random.normal(jax.random.key(7), (args.num_samples, 2))
   heun = jax.jit(lambda z: samplers.heun_sampler(teacher.denoise_fn(), z, num_steps=18))(noise)
-  results["teacher_heun18"] = {"objective": "teacher (exact, Heun NFE 35)",
-                               **_rows(evaluation.toy_metrics(heun, reference, mix), TOY_KEYS)}
-  results["data"] = {"objective": "fresh data",
-                     **_rows(evaluation.toy_metrics(mix.sample(args.num_samples, seed=54321), reference, mix),
-                             TOY_KEYS)}
+  save("teacher_heun18", {"objective": "teacher (exact, Heun NFE 35)",
+                          **_rows(evaluation.toy_metrics(heun, reference, mix), TOY_KEYS)})
+  save("data", {"objective": "fresh data",
+                **_rows(evaluation.toy_metrics(mix.sample(args.num_samples, seed=54321), reference, mix), TOY_KEYS)})
 
   scratch = {
       "ign_l1": ("ign", {}),
@@ -136,8 +151,8 @@ def bench_toy2d(args):
     edm_teacher = pretrained_edm("toy2d", data, os.path.join(args.workdir, f"edm_{kind}"), args.pretrain_steps)
     pretrained = edm_teacher.params
     samples = jax.jit(lambda z: samplers.heun_sampler(edm_teacher.denoise_fn(), z, num_steps=18))(noise)
-    results["edm_mlp_heun18"] = {"objective": f"edm MLP ({args.pretrain_steps} steps, Heun NFE 35): the students' init",
-                                 **_rows(evaluation.toy_metrics(samples, reference, mix), TOY_KEYS)}
+    save("edm_mlp_heun18", {"objective": f"edm MLP ({args.pretrain_steps} steps, Heun NFE 35): the students' init",
+                            **_rows(evaluation.toy_metrics(samples, reference, mix), TOY_KEYS)})
 
   runs = [(n, o, v, None) for n, (o, v) in scratch.items()] + [(n, o, v, pretrained) for n, (o, v) in distilled.items()]
   for name, objective_name, overrides, init in runs:
@@ -159,7 +174,7 @@ def bench_toy2d(args):
       for k in range(1, 11):
         refined = np.asarray(sample(state, rng, args.num_samples, None, k))
         row["refinement"].append({"k": k, **_rows(evaluation.toy_metrics(refined, reference, mix), TOY_KEYS)})
-    results[name] = row
+    save(name, row)
     print(name, json.dumps({k: v for k, v in row.items() if k != "refinement"}), flush=True)
   return results
 
@@ -237,7 +252,7 @@ def bench_digits(args):
         refined, _ = train.generate(objective, state, jax.random.key(123), args.num_samples, 250, num_classes, k)
         row["refinement"].append({"k": k, **_rows(evaluation.digits_metrics(_clip(refined), labels), DIGITS_KEYS)})
       row["projection"] = projection_benchmark(config, state, dataset)
-    results[name] = row
+    results[name] = record("digits", name, row)
     print(name, json.dumps({k: v for k, v in row.items() if k not in ("refinement", "projection")}), flush=True)
   if teacher is not None:
     t0 = time.time()
@@ -245,8 +260,9 @@ def bench_digits(args):
     heun = jax.jit(lambda z, y: samplers.heun_sampler(teacher.denoise_fn(jax.nn.one_hot(y, 10)), z, num_steps=18))
     out = [np.asarray(heun(jax.random.normal(jax.random.key(i), (250, 16, 16, 1)), jnp.asarray(labels[s:s + 250])))
            for i, s in enumerate(range(0, args.num_samples, 250))]
-    results["teacher_heun18"] = {"objective": "edm teacher, Heun NFE 35", "sample_seconds": time.time() - t0,
-                                 **_rows(evaluation.digits_metrics(_clip(np.concatenate(out)), labels), DIGITS_KEYS)}
+    results["teacher_heun18"] = record("digits", "teacher_heun18", {
+        "objective": "edm teacher, Heun NFE 35", "sample_seconds": time.time() - t0,
+        **_rows(evaluation.digits_metrics(_clip(np.concatenate(out)), labels), DIGITS_KEYS)})
   return results
 
 
@@ -270,19 +286,9 @@ def main():
     args.steps = 2000 if args.bench == "toy2d" else 600
   if args.num_samples is None:
     args.num_samples = 4000 if args.bench == "toy2d" else 1000
-  results = bench_toy2d(args) if args.bench == "toy2d" else bench_digits(args)
-  os.makedirs(RESULTS, exist_ok=True)
-  path = os.path.join(RESULTS, f"ign_adversarial_{args.bench}.json")
-  previous = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-  previous.update(results)
-  previous.setdefault("_commands", {})[",".join(args.only) or "all"] = " ".join(sys.argv)
-  with open(path, "w") as f:
-    json.dump(previous, f, indent=1)
-  print("wrote", path)
-
+  bench_toy2d(args) if args.bench == "toy2d" else bench_digits(args)
+  record(args.bench, "_command " + (",".join(args.only) or "all"), " ".join(sys.argv))
+  print("wrote", os.path.join(RESULTS, f"ign_adversarial_{args.bench}.json"))
 
 if __name__ == "__main__":
   main()

@@ -120,7 +120,8 @@ def run_one(objective_name, mixture, args, reference, ref_metrics, init_params=N
             f"tv {m['mode_weights_tv']:.3f} {'OK' if ok else ''} ({train_seconds:.0f}s)", flush=True)
     else:
       train_seconds += time.time() - t0
-  return {"objective": objective_name, "mixture": mixture, "final": history[-1], "reached": reached,
+  label = objective_name + (f" ({args.label})" if args.label else "")
+  return {"objective": label, "mixture": mixture, "final": history[-1], "reached": reached,
           "history": history, "compile_seconds": compile_seconds, "num_steps": num_steps}
 
 
@@ -140,7 +141,12 @@ def main():
   parser.add_argument("--set", action="append", default=[],
                       help="config override KEY=VALUE (JSON value), e.g. objective.sid.alpha=1.0; repeatable")
   parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "toy_score_distillation"))
+  parser.add_argument("--label", default="", help="a note shown next to the objective's name in the table")
+  parser.add_argument("--merge", default="", help="comma-separated .json files: only write their merged table")
   args = parser.parse_args()
+  if args.merge:
+    merge(args.merge.split(","), args)
+    return
   results, refs = [], {}
   for mixture in args.mixtures.split(","):
     mix = data_lib.toy2d.mixture(mixture)
@@ -162,8 +168,25 @@ def main():
           f"{refs[mixture]['true_samples']['sliced_wasserstein']:.4f}", flush=True)
     for name in args.objectives.split(","):
       results.append(run_one(name, mixture, args, reference, ref, init_params))
+      save(args, refs, results)   # after every run, so that a partial benchmark keeps what it has
+  write_table(args, refs, results)
+
+
+def save(args, refs, results):
   with open(args.out + ".json", "w") as f:
     json.dump({"args": vars(args), "references": refs, "results": results}, f, indent=1)
+
+
+def merge(paths, args):
+  """Tables of several runs' .json files (e.g. one per mixture, run in parallel) in one .md."""
+  refs, results = {}, []
+  for path in paths:
+    with open(path) as f:
+      saved = json.load(f)
+    refs.update(saved["references"])
+    results += saved["results"]
+  for key in ("num_samples", "eval_every", "factor", "seed", "steps", "init", "pretrain_steps"):
+    setattr(args, key, saved["args"][key])
   write_table(args, refs, results)
 
 
@@ -183,7 +206,7 @@ def write_table(args, refs, results):
          f"({args.pretrain_steps} steps of configs/edm.py:toy2d), as the methods start from a pretrained diffusion "
          "model; " if args.init == "pretrained" else "start from random MLP weights (256 x 4); ")
       + "the DMD2/f-distill classifier head starts random. Each objective runs its `toy2d` preset (batch 256; "
-      "Adam/AdamW with generator lr 2e-4 and fake-score/critic lr 1e-3; method hyper-parameters as in the "
+      "Adam/AdamW with generator lr 2e-4 (SiD, SiDA: 1e-4) and fake-score/critic lr 1e-3; method hyper-parameters as in the "
       "official code: SiD alpha 1.2, sigma_init 2.5, t_max 800; SiDA alpha 1.0 with its warm-ups scaled to 50/100 "
       "steps; Diff-Instruct sigma_init 2.5; DMD sigma_init 80 with the regression loss on 4096 teacher Heun pairs; "
       "DMD2 and f-distill (Jensen-Shannon) TTUR 5, classifier on the fake score's last hidden layer). One toy-only "
