@@ -75,6 +75,13 @@ def get_config() -> ml_collections.ConfigDict:
       num_samples=1000,
       batch_size=250,
       steps=0,                # sampler steps for evaluation; 0 = the objective's default
+      # FID/KID/IS/precision-recall during training and in gendistill.evaluate: a local Inception file
+      # (pytorch-fid .pth or gendistill .npz; never downloaded) and a reference: EDM-style mu/sigma .npz
+      # and/or this many real images of the dataset.
+      inception_weights="",
+      ref_stats="",
+      ref_images=0,
+      inception_batch_size=100,
   ))
   c.lock()
   return c

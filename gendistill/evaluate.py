@@ -19,7 +19,9 @@ import ml_collections
 
 from gendistill import checkpoint as ckpt_lib
 from gendistill import data as data_lib
+from gendistill import evaluation
 from gendistill import objectives
+from gendistill import sharding
 from gendistill import teachers
 from gendistill import train
 from gendistill.data import DataSpec
@@ -37,7 +39,9 @@ _REF_FROM_DATA = flags.DEFINE_integer("ref_images_from_data", 0,
 
 
 def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size: int = 250, steps=None, seed=0,
-                 inception_weights=None, ref_stats_path=None, ref_images_from_data=0):
+                 inception_weights=None, ref_stats_path=None, ref_images_from_data=0, progress=False):
+  """Samples a run's checkpoint and evaluates it with the run's evaluator (gendistill.evaluation.make_evaluator);
+  the Inception arguments, when given, replace the run's eval.inception_weights / ref_stats / ref_images."""
   info = ckpt_lib.read_run_info(workdir)
   if info is None:
     raise FileNotFoundError(f"{workdir} holds no gendistill run (config.json is missing).")
@@ -45,25 +49,27 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
   spec = DataSpec(**{**info["spec"], "shape": tuple(info["spec"]["shape"])})
   dataset = data_lib.build(config.data)
   objective = objectives.build(config, spec)
-  teacher = teachers.build(config.teacher, dataset)
-  state = ckpt_lib.restore_state(workdir, objective, spec, step=step, teacher=teacher)
-  t0 = time.time()
-  samples, labels = train.generate(objective, state, jax.random.key(seed), num_samples, batch_size,
-                                   spec.num_classes, steps)
+  teacher = teachers.build(config.teacher, dataset, config.network)
+  # Sampling and Inception features run sharded over the run's mesh (all devices by default).
+  mesh_config = config.get("mesh")
+  mesh = sharding.make_mesh(mesh_config)
+  with jax.set_mesh(mesh):
+    sharded = sharding.ShardedObjective(objective, spec, mesh, teacher, mesh_config)
+    teacher = sharded.put_teacher(teacher)
+    state = ckpt_lib.restore_state(workdir, objective, spec, step=step, teacher=teacher, mesh=mesh,
+                                   rules=mesh_config)
+    eval_config = config.eval
+    if inception_weights:
+      eval_config.update(inception_weights=inception_weights, ref_stats=ref_stats_path or "",
+                         ref_images=ref_images_from_data, inception_batch_size=min(batch_size, 100))
+    evaluator = evaluation.make_evaluator(
+        dataset, eval_config, sharded.batch_sharding if jax.process_count() == 1 else None, progress=progress)
+    t0 = time.time()
+    samples, labels = train.generate(objective, state, jax.random.key(seed), num_samples, batch_size,
+                                     spec.num_classes, steps, sharded=sharded, progress=progress)
   results = {"step": int(state.step), "num_samples": num_samples, "sampling_seconds": time.time() - t0}
-  evaluator = train.make_evaluator(dataset)
   if evaluator is not None:
     results.update(evaluator(samples, labels))
-  if inception_weights:
-    from gendistill.evaluation import inception, metrics  # pylint: disable=g-import-not-at-top
-    extractor = inception.InceptionFeatures.from_file(inception_weights)
-    out = extractor.features(samples, batch_size=min(batch_size, 100), progress=True)
-    ref_stats = metrics.load_stats(ref_stats_path) if ref_stats_path else None
-    ref_pool = None
-    if ref_images_from_data:
-      real = dataset.reference(ref_images_from_data)["image"]
-      ref_pool = extractor.features(real, batch_size=min(batch_size, 100))["pool"]
-    results.update(metrics.compute_metrics(out["pool"], out["logits"], ref_stats=ref_stats, ref_pool=ref_pool))
   path = os.path.join(workdir, "eval", f"step_{results['step']:08d}.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
@@ -74,7 +80,7 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
 def main(argv):
   del argv
   results = evaluate_run(_WORKDIR.value, _CHECKPOINT.value, _NUM.value, _BATCH.value, _STEPS.value, _SEED.value,
-                         _WEIGHTS.value, _REF_STATS.value, _REF_FROM_DATA.value)
+                         _WEIGHTS.value, _REF_STATS.value, _REF_FROM_DATA.value, progress=True)
   logging.info("%s", results)
   print(json.dumps(results, indent=2))
 

@@ -24,6 +24,7 @@ from absl import logging
 
 from gendistill import checkpoint as ckpt_lib
 from gendistill import data as data_lib
+from gendistill import evaluation
 from gendistill import objectives
 from gendistill import sharding
 from gendistill import teachers
@@ -85,28 +86,21 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str):
                      "Differences (section: saved -> now): " + "; ".join(d[:300] for d in diffs))
 
 
-def make_evaluator(dataset) -> Optional[Callable]:
-  """metrics(samples, labels) for the dataset's offline metrics, or None."""
-  from gendistill import evaluation  # pylint: disable=g-import-not-at-top
-  if dataset.spec.key == "x":
-    reference = dataset.reference()["x"]
-    return lambda samples, labels: evaluation.toy_metrics(samples, reference, dataset.mixture)
-  if dataset.name == "digits":
-    return lambda samples, labels: evaluation.digits_metrics(samples, labels)
-  return None
-
-
 def generate(objective, state, rng, num: int, batch_size: int, num_classes: int, steps=None,
-             sharded: Optional[sharding.ShardedObjective] = None):
+             sharded: Optional[sharding.ShardedObjective] = None, progress: bool = False):
   """`num` samples (class-balanced labels for conditional models) in batches; returns numpy (samples, labels).
 
   With `sharded` (a ShardedObjective of `objective`) sampling runs on its mesh, split over the batch axes; then
-  every process must call this and every process gets all samples.
+  every process must call this and every process gets all samples. `progress`: a tqdm bar over the samples.
   """
   labels = np.arange(num) % num_classes if num_classes else None
   sample = None if sharded is not None else jax.jit(objective.sample, static_argnums=(2, 4))
   out = []
-  for i, start in enumerate(range(0, num, batch_size)):
+  starts = range(0, num, batch_size)
+  if progress:
+    import tqdm  # pylint: disable=g-import-not-at-top
+    starts = tqdm.tqdm(starts, desc="sampling", unit="batch", dynamic_ncols=True)
+  for i, start in enumerate(starts):
     n = min(batch_size, num - start)
     batch_labels = None if labels is None else labels[start:start + n]
     if sharded is not None:
@@ -129,7 +123,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh):
   is_main = jax.process_index() == 0
   dataset = data_lib.build(config.data, jax.process_index(), jax.process_count())
   spec = dataset.spec
-  teacher = teachers.build(config.teacher, dataset)
+  teacher = teachers.build(config.teacher, dataset, config.network)
   objective = objectives.build(config, spec)
   check_resumable(config, workdir)
   logging.info("Mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
@@ -150,10 +144,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh):
     ckpt_lib.write_run_info(workdir, config, spec)
 
   writer = MetricWriter(workdir, enabled=is_main)
-  evaluator = make_evaluator(dataset)
+  evaluator = evaluation.make_evaluator(
+      dataset, config.eval, sharded.batch_sharding if jax.process_count() == 1 else None,  # see its docstring
+      progress=_interactive(is_main))
   sample_rng = jax.random.fold_in(rng, 1 << 20)
   tc = config.train
   start = int(jax.device_get(state.step))
+  if start >= tc.num_steps:      # a finished run (e.g. a cached teacher): its final samples and eval exist
+    logging.info("%s is already trained to step %d (train.num_steps = %d)", workdir, start, tc.num_steps)
+    ckpt.close()
+    return state
 
   def periodic(step: int, final: bool = False):
     # Sampling runs on every process (it is one sharded computation); only process 0 writes.
@@ -163,7 +163,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh):
     if evaluator is not None and (final or (tc.eval_every and step % tc.eval_every == 0)):
       t0 = time.time()
       samples, labels = generate(objective, state, sample_rng, config.eval.num_samples, config.eval.batch_size,
-                                 spec.num_classes, config.eval.steps or None, sharded=sharded)
+                                 spec.num_classes, config.eval.steps or None, sharded=sharded,
+                                 progress=_interactive(is_main))
       if is_main:
         metrics = {f"eval/{k}": v for k, v in evaluator(samples, labels).items()}
         metrics["eval/seconds"] = time.time() - t0
@@ -218,6 +219,11 @@ def save_grid(objective, state, rng, spec, path: str, num: int, sharded=None, wr
   else:
     ncols = spec.num_classes if spec.num_classes and num % spec.num_classes == 0 else None
     evaluation.save_image_grid(samples, path, ncols=ncols)
+
+
+def _interactive(is_main: bool) -> bool:
+  """Progress bars only on process 0 and only on a terminal (logs stay clean)."""
+  return is_main and sys.stderr.isatty()
 
 
 def _progress_bar(start: int, total: int, disable: bool):

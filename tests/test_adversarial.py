@@ -180,7 +180,7 @@ def test_add_student_levels_and_distillation_term():
 
 def test_add_train_step_with_the_analytic_teacher():
   config, dataset, objective = _toy(add_config)
-  teacher = teachers.build(config.teacher, dataset)
+  teacher = teachers.build(config.teacher, dataset, config.network)
   state = objective.init(jax.random.key(0), example_batch(dataset.spec), teacher)
   new_state, metrics = jax.jit(objective.train_step)(state, next(dataset.iterator()), teacher)
   for key in ("generator/loss", "generator/loss_adv", "generator/loss_dist", "critic/loss"):

@@ -202,7 +202,7 @@ def run_steps(config, mesh, steps, state=None):
   """
   dataset = data_lib.build(config.data)
   spec = dataset.spec
-  teacher = teachers.build(config.teacher, dataset)
+  teacher = teachers.build(config.teacher, dataset, config.network)
   objective = objectives.build(config, spec)
   with jax.set_mesh(mesh):
     sharded = sharding.ShardedObjective(objective, spec, mesh, teacher, config.mesh)

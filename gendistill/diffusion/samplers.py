@@ -86,3 +86,76 @@ def guided(denoise_cond: Callable, scale) -> DenoiseFn:
 
 
 __all__ = ["karras_sigmas", "heun_sampler", "euler_sampler", "guided", "heun_nfe", "expand"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Few-step samplers of distilled students (consistency models, progressive distillation).
+
+
+def consistency_sampler(consistency_fn: DenoiseFn, noise, sigmas, rng=None, renoise_min=0.0):
+  """Multistep consistency sampling: x = sigmas[0] noise, x0 = f(x, sigmas[0]); then for each later s,
+  x = x0 + sqrt(s^2 - renoise_min^2) z with fresh z, x0 = f(x, s). Returns x0.
+
+  `sigmas` (static, decreasing) are the noise levels of the steps; one entry is one-step generation.
+  renoise_min = sigma_min re-noises onto the consistency model's trajectory start (Song et al. 2023); ECT's
+  sampler uses 0 (x0 + s z).
+  """
+  sigmas = [float(s) for s in sigmas]
+  if not sigmas:
+    raise ValueError("consistency_sampler needs at least one noise level.")
+  if len(sigmas) > 1 and rng is None:
+    raise ValueError("consistency_sampler with more than one step needs an rng.")
+  n = noise.shape[0]
+  x0 = consistency_fn(sigmas[0] * noise, jnp.full((n,), sigmas[0]))
+  for k, s in enumerate(sigmas[1:]):
+    z = jax.random.normal(jax.random.fold_in(rng, k), noise.shape, noise.dtype)
+    x = x0 + max(s**2 - renoise_min**2, 0.0) ** 0.5 * z
+    x0 = consistency_fn(x, jnp.full((n,), s))
+  return x0
+
+
+def cosine_logsnr(u, logsnr_min=-20.0, logsnr_max=20.0):
+  """Cosine log-SNR schedule lambda(u) = -2 ln tan(a u + b): lambda(0) = logsnr_max, lambda(1) = logsnr_min."""
+  b = jnp.arctan(jnp.exp(-0.5 * logsnr_max))
+  a = jnp.arctan(jnp.exp(-0.5 * logsnr_min)) - b
+  return -2.0 * jnp.log(jnp.tan(a * u + b))
+
+
+def cosine_sigma(u, logsnr_min=-20.0, logsnr_max=20.0):
+  """The VE noise level exp(-lambda(u)/2) = tan(a u + b) of the cosine schedule: z = alpha x + sigma_vp eps is
+  alpha (x + sigma eps) with sigma = sigma_vp / alpha, so VP time u is the EDM noise level sigma(u)."""
+  b = jnp.arctan(jnp.exp(-0.5 * logsnr_max))
+  a = jnp.arctan(jnp.exp(-0.5 * logsnr_min)) - b
+  return jnp.tan(a * u + b)
+
+
+def ddim_step(denoise_fn: DenoiseFn, y, sigma_t, sigma_s, clip_denoised=None):
+  """One deterministic DDIM step from noise level sigma_t to sigma_s (per-sample [N]) in EDM coordinates
+  y = z / alpha: y_s = x_hat + (sigma_s / sigma_t)(y - x_hat), i.e. z_s = alpha_s x_hat + sigma_s eps_hat.
+  Returns (y_s, x_hat). clip_denoised (a float c) clips x_hat to [-c, c] first, as the eps it implies."""
+  x_hat = denoise_fn(y, sigma_t)
+  if clip_denoised:
+    x_hat = jnp.clip(x_hat, -clip_denoised, clip_denoised)
+  return x_hat + expand(sigma_s / sigma_t, y) * (y - x_hat), x_hat
+
+
+def ddim_sampler(denoise_fn: DenoiseFn, noise, num_steps, logsnr_min=-20.0, logsnr_max=20.0,
+                 clip_denoised=None):
+  """Deterministic DDIM on the cosine log-SNR grid u_i = i / num_steps (Salimans & Ho 2022), in EDM
+  coordinates. Starts from z_1 = noise, i.e. y = sqrt(1 + sigma(1)^2) noise, takes steps u_i -> u_{i-1} and
+  returns the last step's x_hat (PD's sampler). `num_steps` may be traced (e.g. the current PD round's)."""
+  n = noise.shape[0]
+  steps = jnp.asarray(num_steps, jnp.int32)
+  sigma = lambda i: jnp.full((n,), cosine_sigma(i.astype(jnp.float32) / steps, logsnr_min, logsnr_max))
+
+  def body(k, carry):
+    y, _ = carry
+    i = steps - k   # u_i -> u_{i-1}
+    return ddim_step(denoise_fn, y, sigma(i), sigma(i - 1), clip_denoised)
+
+  y0 = noise * jnp.sqrt(1.0 + cosine_sigma(1.0, logsnr_min, logsnr_max) ** 2)
+  _, x_hat = jax.lax.fori_loop(0, steps, body, (y0, jnp.zeros_like(noise)))
+  return x_hat
+
+
+__all__ += ["consistency_sampler", "cosine_logsnr", "cosine_sigma", "ddim_step", "ddim_sampler"]

@@ -1,8 +1,10 @@
-"""Evaluation: Frechet distance, the digits classifier metrics (digits FD), toy 2-D metrics, sample grids."""
+"""Evaluation: Frechet distance, the digits classifier metrics (digits FD), toy 2-D metrics, sample grids, and
+`make_evaluator`, the one evaluator of a run (offline metrics plus FID & co with local Inception weights)."""
 from gendistill.evaluation.digits_classifier import DigitsClassifier
 from gendistill.evaluation.digits_classifier import DigitsMetric
 from gendistill.evaluation.digits_classifier import digits_metrics
 from gendistill.evaluation.digits_classifier import get_digits_metric
+from gendistill.evaluation.evaluator import make_evaluator
 from gendistill.evaluation.frechet import feature_statistics
 from gendistill.evaluation.frechet import frechet_distance
 from gendistill.evaluation.frechet import frechet_distance_from_features

@@ -32,6 +32,7 @@ Without an explicit path, `default_weights_path()` reads $GENDISTILL_INCEPTION_W
 from __future__ import annotations
 
 import argparse
+import functools
 import collections
 import io
 import os
@@ -574,6 +575,16 @@ def _load_torch_legacy(f, path=""):
 # Batched feature extraction.
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _features(preprocessing, params, images):
+  """Pool features and logits of one batch; module-level so every extractor shares the compiled program."""
+  if images.dtype != jnp.uint8:
+    images = quantize(images)
+  pool, _ = FIDInceptionV3().apply({"params": params}, preprocess(images, preprocessing))
+  logits = jnp.dot(pool, params["fc"]["weight"].T, precision=_HI)  # no fc bias, as the original IS code
+  return {"pool": pool, "logits": logits}
+
+
 class InceptionFeatures:
   """Jitted, batched Inception features for uint8 images (or generated images in [-1, 1], quantised first).
 
@@ -597,24 +608,14 @@ class InceptionFeatures:
       replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
       params = jax.device_put(params, replicated)
     self.params = params
-    self._net = FIDInceptionV3()
-    self._apply = jax.jit(self._forward)
 
   @classmethod
   def from_file(cls, path: str | None = None, **kwargs):
     return cls(load_params(path), **kwargs)
 
-  def _forward(self, params, images):
-    if images.dtype != jnp.uint8:
-      images = quantize(images)
-    x = preprocess(images, self.preprocessing)
-    pool, _ = self._net.apply({"params": params}, x)
-    logits = jnp.dot(pool, params["fc"]["weight"].T, precision=_HI)  # no fc bias, as the original IS code
-    return {"pool": pool, "logits": logits}
-
   def __call__(self, images) -> dict[str, jax.Array]:
     images = jnp.asarray(images) if self.sharding is None else jax.device_put(images, self.sharding)
-    return self._apply(self.params, images)
+    return _features(self.preprocessing, self.params, images)
 
   def features(self, images: np.ndarray | Iterable[np.ndarray], batch_size: int = 100,
                progress: bool = False, total: int | None = None) -> dict[str, np.ndarray]:

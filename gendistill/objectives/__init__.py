@@ -42,5 +42,7 @@ from gendistill.objectives import fdistill  # pylint: disable=g-import-not-at-to
 from gendistill.objectives import ign  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gendistill.objectives import adversarial  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gendistill.objectives import add  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import consistency  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import progressive  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 __all__ = ["Objective", "register", "build", "names", "default_configs"]

@@ -35,7 +35,8 @@ def gaussian_mixture(weights, means, covs) -> Teacher:
 
 
 def teacher_config() -> ml_collections.ConfigDict:
-  """The `teacher` config section. source: none | analytic (the data's own mixture) | workdir (a run of ours)."""
+  """The `teacher` config section. source: none | analytic (the data's own mixture) | workdir (a run of ours) |
+  random (a randomly initialised network of the run's `network` section: smoke tests without a trained teacher)."""
   return ml_collections.ConfigDict(dict(source="none", workdir="", step=-1))
 
 
@@ -58,8 +59,24 @@ def from_workdir(workdir: str, step: Optional[int] = None) -> Teacher:
   return Teacher(params=params, apply_fn=objective.apply_fn, num_classes=spec.num_classes)
 
 
-def build(cfg: ml_collections.ConfigDict, dataset) -> Optional[Teacher]:
-  """The teacher a run's config asks for, or None."""
+def random_network(network_cfg: ml_collections.ConfigDict, spec, seed: int = 0) -> Teacher:
+  """An untrained denoiser of `network_cfg`: the shapes of a real teacher, for smoke runs and tests."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gendistill import nets  # pylint: disable=g-import-not-at-top
+  from gendistill.objectives.base import example_batch  # pylint: disable=g-import-not-at-top
+  net = nets.build_denoiser(network_cfg, spec)
+  x = example_batch(spec)[spec.key]
+  labels = nets.one_hot_labels(jnp.zeros((x.shape[0],), jnp.int32), spec.num_classes) if spec.num_classes else None
+  params = net.init(jax.random.key(seed), x, jnp.ones((x.shape[0],)), labels)
+
+  def apply_fn(params, x, sigma, labels=None, train=False, rngs=None):
+    return net.apply(params, x, sigma, labels, train=train, rngs=rngs)
+  return Teacher(params=params, apply_fn=apply_fn, num_classes=spec.num_classes)
+
+
+def build(cfg: ml_collections.ConfigDict, dataset, network: Optional[ml_collections.ConfigDict] = None
+          ) -> Optional[Teacher]:
+  """The teacher a run's config asks for, or None. `network`: the run's network section (for source='random')."""
   if cfg.source == "none":
     return None
   if cfg.source == "analytic":
@@ -71,7 +88,11 @@ def build(cfg: ml_collections.ConfigDict, dataset) -> Optional[Teacher]:
     if not cfg.workdir:
       raise ValueError("teacher.source='workdir' needs teacher.workdir.")
     return from_workdir(cfg.workdir, cfg.step)
-  raise ValueError(f"Unknown teacher.source {cfg.source!r}; expected none, analytic or workdir.")
+  if cfg.source == "random":
+    if network is None:
+      raise ValueError("teacher.source='random' needs the run's network config: build(cfg, dataset, network).")
+    return random_network(network, dataset.spec)
+  raise ValueError(f"Unknown teacher.source {cfg.source!r}; expected none, analytic, workdir or random.")
 
 
 def device_put(teacher: Optional[Teacher]):

@@ -1,0 +1,39 @@
+"""Consistency training presets: `--config=configs/ct.py:<dataset>[,smoke][,grid25]`.
+
+CT learns from data alone (no teacher; the student starts from random weights), with the adaptive curriculum
+N(k), mu(k). Datasets as configs/cd.py.
+cifar10 (openai/consistency_models_cifar10 configs/cifar10_ve_ct_adaptive.py): unconditional, s0 2, s1 150,
+mu0 0.9, K = 800k, RAdam lr 2e-4 (the released config; the paper's table says 4e-4) with a 10 Mimg warm-up,
+batch 512, EMA 0.9999, dropout 0; LPIPS replaced by L2.
+imagenet64 (openai/consistency_models README): s0 2, s1 200, mu0 0.95, K = 800k, RAdam lr 1e-4, batch 2048,
+EMA 0.9999432, dropout 0; the 2-step sampler's second level is t_106 of the 201-level grid (`--ts 0,106,200`).
+"""
+from configs import cd as cd_config
+from configs import sid as sid_config
+
+ARGS = ("toy2d", "toy2d,grid25", "digits", "cifar10", "imagenet64")
+
+
+def get_config(arg: str = "digits"):
+  c, dataset, flags = cd_config.consistency_config("ct", arg)
+  c.teacher.update(source="none", workdir="")
+  o = c.objective.ct
+  if dataset == "toy2d":
+    o.update(start_scales=2, end_scales=150, start_ema=0.9)
+  elif dataset == "digits":
+    o.update(start_scales=2, end_scales=150, start_ema=0.9)
+    o.optimizer.update(lr=2e-4)
+    c.train.num_steps = 4000
+  elif dataset == "cifar10":
+    o.update(start_scales=2, end_scales=150, start_ema=0.9, distance="l2", total_steps=800_000)
+    o.optimizer.update(name="radam", lr=2e-4, warmup_steps=10_000_000 // 512)
+    o.ema.update(halflife_kimg=0.0, decay=0.9999)
+    c.data.batch_size = 512
+  elif dataset == "imagenet64":
+    o.update(start_scales=2, end_scales=200, start_ema=0.95, distance="l2", total_steps=800_000,
+             sample_sigmas=(80.0, 1.9128436206953614))
+    o.optimizer.update(name="radam", lr=1e-4)
+    o.ema.update(halflife_kimg=0.0, decay=0.9999432189950708)
+    c.data.batch_size = 2048
+    c.train.num_steps = 800_000
+  return sid_config.finish(c, flags)
