@@ -56,8 +56,8 @@ def distillation_config(objective: str, arg: str):
     c.data.update(name="digits", image_size=16, batch_size=64, conditional=True)
     c.network.update(edm_config.get_config("digits").network)
     c.teacher.update(source="workdir", workdir=teacher or DEFAULT_TEACHER)
-    c.train.update(num_steps=2000, log_every=50, checkpoint_every=500, sample_every=500)
-    c.eval.update(num_samples=1000)
+    c.train.update(num_steps=2000, log_every=50, checkpoint_every=500, sample_every=500, num_grid_samples=100)
+    c.eval.update(num_samples=1000, batch_size=100)
   elif dataset == "cifar10":
     c.data.update(name="tfds", tfds_name="cifar10", image_size=32, batch_size=256, conditional=True)
     c.network.update(**base.unet_preset("cifar10"), label_dropout=0.0)

@@ -26,7 +26,8 @@ from gendistill import train
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where the runs and the report go.")
 _TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", None, "Override the teacher's training steps.")
-_STUDENT_STEPS = flags.DEFINE_integer("student_steps", None, "Override SiD's training steps (0: no distillation).")
+# The demo's SiD run is shorter than the digits preset's (configs/sid.py) to keep `make demo` within minutes.
+_STUDENT_STEPS = flags.DEFINE_integer("student_steps", 300, "SiD's training steps (0: no distillation).")
 _SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Samples for the digits FD and class accuracy.")
 
 
