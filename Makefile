@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
 
-.PHONY: demo test test-all install clean
+.PHONY: demo demo-sid test test-all install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(VENV)/.installed
 
 demo: install
 	$(PY) -m gendistill.demo --workdir=$(WORKDIR)
+
+# The demo, then SiD distillation of its teacher into a one-step generator.
+demo-sid: install
+	$(PY) -m gendistill.demo --workdir=$(WORKDIR) --student_steps=300
 
 test: install
 	$(PY) -m pytest -n 2 -m "not multiprocess" tests

@@ -15,7 +15,7 @@ def get_config(arg: str = "digits"):
     c.network.update(**base.unet_preset("digits"), label_dropout=0.1)
     c.objective.edm.optimizer.update(lr=2e-3, warmup_steps=200)
     c.objective.edm.ema.update(halflife_kimg=50.0, rampup_ratio=0.05)
-    c.train.update(num_steps=1200, log_every=50, checkpoint_every=300, sample_every=0, num_grid_samples=100)
+    c.train.update(num_steps=1000, log_every=50, checkpoint_every=250, sample_every=0, num_grid_samples=100)
     c.eval.update(num_samples=1000, batch_size=100)
   elif dataset == "toy2d":
     c.data.update(name="toy2d", toy2d_kind="ring8", batch_size=512, conditional=False)

@@ -57,7 +57,7 @@ def run_one(name, args, teacher_fd):
   if args.batch_size:
     config.data.batch_size = args.batch_size
   dataset = data_lib.build(config.data)
-  teacher = teachers.device_put(teachers.build(config.teacher, dataset))
+  teacher = teachers.device_put(teachers.build(config.teacher, dataset, config.network))
   objective = objectives.build(config, dataset.spec)
   state = jax.jit(objective.init)(jax.random.key(config.seed), example_batch(dataset.spec), teacher)
   step_fn = jax.jit(objective.train_step, donate_argnums=0)

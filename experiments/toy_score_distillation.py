@@ -84,7 +84,7 @@ def run_one(objective_name, mixture, args, reference, ref_metrics, init_params=N
       node = node[part]
     node[leaf] = type(node[leaf])(json.loads(value)) if not isinstance(node[leaf], str) else value
   dataset = data_lib.build(config.data)
-  teacher = teachers.device_put(teachers.build(config.teacher, dataset))
+  teacher = teachers.device_put(teachers.build(config.teacher, dataset, config.network))
   objective = objectives.build(config, dataset.spec)
   state = jax.jit(objective.init)(jax.random.key(config.seed), example_batch(dataset.spec), teacher)
   if init_params is not None:   # generator, its EMA and the fake score start from the pretrained MLP

@@ -137,7 +137,7 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
     state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g)
     state, decay = sc.step_ema(state, ema_decay)
     state = state.replace(step=state.step + 1)
-    return state, {f"{F}/loss": loss_f, f"{G}/loss": loss_g, f"{G}/updated": update_g.astype(jnp.float32),
+    return state, {f"{F}/loss": loss_f, f"{G}/loss": loss_g, f"{G}/updated": jnp.asarray(update_g, jnp.float32),
                    f"{G}/ema_decay": decay, **aux_g, **metrics_f, **metrics_g}
 
   return base.Objective(name="diff_instruct", init=init, train_step=train_step,

@@ -323,7 +323,7 @@ def build_dmd_family(config: ml_collections.ConfigDict, spec, name: str,
       state, metrics = state_lib.apply_gradients(state, C, grads[C], tx[C])
     state, decay = sc.step_ema(state, ema_decay)
     state = state.replace(step=state.step + 1)
-    return state, {f"{G}/loss": loss_g, f"{F}/loss": loss_f, f"{G}/updated": update_g.astype(jnp.float32),
+    return state, {f"{G}/loss": loss_g, f"{F}/loss": loss_f, f"{G}/updated": jnp.asarray(update_g, jnp.float32),
                    f"{G}/ema_decay": decay, f"{F}/guidance_grad_norm": guidance_norm, **aux_g, **aux_f, **metrics_g,
                    **metrics_f, **metrics}
 

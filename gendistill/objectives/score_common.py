@@ -213,8 +213,12 @@ def zeros_like_tree(tree):
 
 def maybe_grad(enabled, fn, params, *args):
   """value_and_grad(fn, has_aux=True)(params, *args) when `enabled` (traced bool), else zeros, via lax.cond,
-  so that the gated-off update of a TTUR or warm-up schedule costs no backward pass."""
+  so that the gated-off update of a TTUR or warm-up schedule costs no backward pass. `enabled` = True (the
+  Python constant `gate` returns for an always-on role) calls it directly: XLA:CPU runs a UNet step inside a
+  conditional about 5x slower than the same step outside one (measured on the digits SiD step)."""
   vg = jax.value_and_grad(fn, has_aux=True)
+  if enabled is True:
+    return vg(params, *args)
   shapes = jax.eval_shape(vg, params, *args)
   def off(params, *args):
     del params, args
@@ -300,7 +304,10 @@ def step_ema(state, ema_decay, role=GENERATOR):
 
 
 def gate(step, every: int = 1, start: int = 0):
-  """True on steps where a role updates: step >= start and (step - start) % every == 0."""
+  """True on steps where a role updates: step >= start and (step - start) % every == 0. A role that updates on
+  every step gets the Python constant True (no conditional in the compiled step; see maybe_grad)."""
+  if int(every) <= 1 and int(start) <= 0:
+    return True
   step = jnp.asarray(step)
   return jnp.logical_and(step >= start, (step - start) % max(int(every), 1) == 0)
 

@@ -240,7 +240,9 @@ def _build(config: ml_collections.ConfigDict, spec, name: str, adversarial: bool
       grads_f = sc.nan_to_num_grads(grads_f)
     state, metrics_f = state_lib.apply_gradients(state, F, grads_f, tx[F])
     # (b) generator, against the updated fake score (frozen here).
-    update_g = jnp.logical_and(state.step > generator_start, sc.gate(state.step, cfg.generator_every))
+    update_g = sc.gate(state.step, cfg.generator_every)
+    if generator_start >= 0:
+      update_g = jnp.logical_and(state.step > generator_start, update_g)
     gan_on = state.step > gan_start if adversarial else jnp.array(False)
     loss_fn = functools.partial(generator_loss, shape=x_real.shape)
     (loss_g, aux_g), grads_g = sc.maybe_grad(update_g, loss_fn, state.params[G], state.params[F], teacher, labels,
@@ -250,7 +252,7 @@ def _build(config: ml_collections.ConfigDict, spec, name: str, adversarial: bool
     state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g)
     state, decay = sc.step_ema(state, ema_decay)
     state = state.replace(step=state.step + 1)
-    metrics = {f"{F}/loss": loss_f, f"{G}/loss": loss_g, f"{G}/updated": update_g.astype(jnp.float32),
+    metrics = {f"{F}/loss": loss_f, f"{G}/loss": loss_g, f"{G}/updated": jnp.asarray(update_g, jnp.float32),
                f"{G}/ema_decay": decay, **aux_f, **aux_g, **metrics_f, **metrics_g}
     if adversarial:
       metrics[f"{G}/gan_on"] = gan_on.astype(jnp.float32)
