@@ -17,6 +17,12 @@ def get_config(arg: str = "digits"):
   o = c.objective.dmd2
   if "fewstep" in flags:
     o.denoising_timesteps = (999, 749, 499, 249)
+  apply_method_settings(c, o, dataset, flags)
+  return sid_config.finish(c, flags)
+
+
+def apply_method_settings(c, o, dataset: str, flags):
+  """Optimizers, EMA, batch and length per dataset, shared with f-distill (which follows DMD2's settings)."""
   if dataset == "toy2d":
     o.generator_optimizer.update(lr=2e-4, warmup_steps=20)
     o.fake_score_optimizer.update(lr=1e-3, warmup_steps=100)
@@ -33,4 +39,3 @@ def get_config(arg: str = "digits"):
     c.train.num_steps = 400_000
   if "smoke" in flags:
     o.critic.update(hidden=16, depth=1)
-  return sid_config.finish(c, flags)

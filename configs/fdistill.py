@@ -4,6 +4,7 @@ Datasets as configs/sid.py; DIVERGENCE is one of gendistill.objectives.score_com
 forward_kl is the paper's best on CIFAR-10, js on ImageNet-64). Method settings follow DMD2's (dmd2.py) with the
 generator's adversarial weight 1e-3 and TTUR 5 [paper; only NVIDIA's reimplementation is public, unverified].
 """
+from configs import dmd2 as dmd2_config
 from configs import sid as sid_config
 from gendistill.objectives import score_common
 
@@ -16,24 +17,7 @@ def get_config(arg: str = "digits"):
   for name in score_common.F_DIVERGENCES:
     if name in flags:
       o.divergence = name
-  if dataset == "toy2d":
-    o.generator_optimizer.update(lr=2e-4, warmup_steps=20)
-    o.fake_score_optimizer.update(lr=1e-3, warmup_steps=100)
-    o.critic_optimizer.update(lr=1e-3, warmup_steps=100)
-    o.ema.update(halflife_kimg=20.0)
-    c.train.num_steps = 5000
-  elif dataset == "digits":
-    o.generator_optimizer.update(lr=2e-5, warmup_steps=20)
-    o.fake_score_optimizer.update(lr=2e-5, warmup_steps=100)
-    o.critic_optimizer.update(lr=2e-5, warmup_steps=100)
-    o.ema.update(halflife_kimg=10.0)
-  elif dataset == "cifar10":
-    o.divergence = "forward_kl" if not any(n in flags for n in score_common.F_DIVERGENCES) else o.divergence
-    c.data.batch_size = 280
-    c.train.num_steps = 400_000
-  elif dataset == "imagenet64":
-    c.data.batch_size = 280
-    c.train.num_steps = 400_000
-  if "smoke" in flags:
-    o.critic.update(hidden=16, depth=1)
+  dmd2_config.apply_method_settings(c, o, dataset, flags)
+  if dataset == "cifar10" and not any(n in flags for n in score_common.F_DIVERGENCES):
+    o.divergence = "forward_kl"
   return sid_config.finish(c, flags)
