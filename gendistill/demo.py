@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from absl import app, flags, logging
 
@@ -23,6 +24,7 @@ import jax
 
 from gendistill import data as data_lib
 from gendistill import evaluation
+from gendistill import teachers
 from gendistill import train
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where the runs and the report go.")
@@ -92,12 +94,25 @@ def main(argv):
   report = {"jax_backend": jax.default_backend(), "devices": jax.device_count()}
   teacher_config, student_config = stage_configs(workdir)
 
+  # Compiling the SiD step takes minutes on a CPU: do it in a thread while the teacher trains (compilation
+  # releases the GIL), into JAX's persistent cache, from which the SiD stage then loads it.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  ahead = None
+  if student_config.train.num_steps:
+    spec = data_lib.build(teacher_config.data).spec
+    ahead = ThreadPoolExecutor(1).submit(train.compile_ahead, student_config,
+                                         teachers.abstract(teacher_config, spec))
+
   teacher_dir = os.path.join(workdir, "teacher")
   run_stage("teacher_heun_nfe35", teacher_config, teacher_dir, report)
   final_grid(teacher_dir, os.path.join(workdir, "teacher_heun_nfe35.png"))
   plot_loss(teacher_dir, ["denoiser/loss"], os.path.join(workdir, "teacher_loss.png"))
 
-  if student_config.train.num_steps:
+  if ahead is not None:
+    t0 = time.time()
+    ahead.result()
+    print(f"[demo] waited {time.time() - t0:.0f} s for the SiD step's compilation", flush=True)
     student_dir = os.path.join(workdir, "sid")
     run_stage("sid_one_step", student_config, student_dir, report)
     final_grid(student_dir, os.path.join(workdir, "sid_one_step.png"))

@@ -436,6 +436,19 @@ class ShardedObjective:
     """One step on a global batch (see put_batch); donates `state`."""
     return self._step(state, batch, teacher)
 
+  def lower_step(self, batch_size: int):
+    """The train step for global batches of `batch_size`, lowered from shapes alone (state, batch and teacher
+    as ShapeDtypeStructs): the same program as train_step on real arrays."""
+    batch = with_shardings(example_batch(self.spec, batch_size),
+                           jax.tree.map(lambda _: self.batch_sharding, example_batch(self.spec, batch_size)))
+    teacher = None if self.teacher is None else with_shardings(self.teacher, self.teacher_shardings)
+    return self._step.lower(self.abstract_state, batch, teacher)
+
+  def compile_step(self, batch_size: int):
+    """Compiles lower_step(batch_size). With JAX's persistent compilation cache on, a later train_step loads
+    this program instead of compiling it (see train.compile_ahead)."""
+    return self.lower_step(batch_size).compile()
+
   def sample_fn(self, num: int, steps=None):
     """jit(sample) for `num` samples: output split over the batch axes when `num` divides evenly."""
     key = (num, steps)

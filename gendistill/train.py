@@ -208,6 +208,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh):
   return state
 
 
+def compile_ahead(config: ml_collections.ConfigDict, teacher=None):
+  """Compiles the train step of a run of `config` before the run starts, e.g. while its teacher is still being
+  trained: `teacher` may be shapes only (teachers.abstract). The program lands in JAX's persistent compilation
+  cache (which must be on: jax_compilation_cache_dir), so the run loads it instead of compiling. Compiling
+  releases the GIL, so this can run in a thread beside another run."""
+  mesh = sharding.make_mesh(config.mesh)
+  with jax.set_mesh(mesh):
+    spec = data_lib.build(config.data).spec
+    sharded = sharding.ShardedObjective(objectives.build(config, spec), spec, mesh, teacher, config.mesh)
+    sharded.compile_step(config.data.batch_size)
+
+
 def save_grid(objective, state, rng, spec, path: str, num: int, sharded=None, write: bool = True):
   from gendistill import evaluation  # pylint: disable=g-import-not-at-top
   samples, labels = generate(objective, state, rng, num, num, spec.num_classes, sharded=sharded)

@@ -130,3 +130,30 @@ def test_divergence_stops_with_a_clear_message_and_no_broken_checkpoint(tmp_path
   for step in ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(tmp_path))).all_steps():
     state = ckpt_lib.restore_state(str(tmp_path), objective, spec, step=step)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def test_step_compiled_ahead_from_shapes_is_the_program_the_run_uses(tmp_path):
+  """The demo compiles SiD's step from the teacher's config while the teacher trains (train.compile_ahead); the
+  persistent cache only serves it if it lowers to the same program as the step on the real teacher and state."""
+  from configs import sid as sid_config  # pylint: disable=g-import-not-at-top
+  from gendistill import data as data_lib, objectives, sharding, teachers  # pylint: disable=g-import-not-at-top
+  teacher_config = edm_config.get_config("digits,smoke")
+  train.train_and_evaluate(teacher_config, str(tmp_path / "teacher"))
+  config = sid_config.get_config("digits,smoke")
+  config.teacher.update(source="workdir", workdir=str(tmp_path / "teacher"))
+  mesh = sharding.make_mesh(config.mesh)
+  with jax.set_mesh(mesh):
+    dataset = data_lib.build(config.data)
+    objective = objectives.build(config, dataset.spec)
+    real_teacher = teachers.build(config.teacher, dataset, config.network)
+    abstract_teacher = teachers.abstract(teacher_config, dataset.spec)
+    shapes = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t.params)
+    assert shapes(abstract_teacher) == shapes(real_teacher)
+    real = sharding.ShardedObjective(objective, dataset.spec, mesh, real_teacher, config.mesh)
+    teacher = real.put_teacher(real_teacher)
+    state = real.init(jax.random.key(0), teacher)
+    batch = real.put_batch(next(dataset.iterator()))
+    text = real._step.lower(state, batch, teacher).as_text()  # pylint: disable=protected-access
+    ahead = sharding.ShardedObjective(objective, dataset.spec, mesh, abstract_teacher, config.mesh)
+    assert ahead.lower_step(config.data.batch_size).as_text() == text
+  train.compile_ahead(config, abstract_teacher)   # runs end to end (fills the test compilation cache)

@@ -54,9 +54,24 @@ def from_workdir(workdir: str, step: Optional[int] = None) -> Teacher:
   spec = DataSpec(**saved["spec"])
   objective = objectives.build(config, spec)
   state = checkpoint.restore_state(workdir, objective, spec, step=None if step in (None, -1) else step)
+  return _exported(objective, state, spec)
+
+
+def _exported(objective, state, spec) -> Teacher:
   role = objective.export_role
   params = state.ema[role] if role in state.ema else state.params[role]
   return Teacher(params=params, apply_fn=objective.apply_fn, num_classes=spec.num_classes)
+
+
+def abstract(config: ml_collections.ConfigDict, spec) -> Teacher:
+  """The teacher a run of `config` will export, as shapes (jax.ShapeDtypeStruct params), before that run exists:
+  enough to compile a distillation step ahead of time (`train.compile_ahead`). For runs whose own init needs no
+  teacher (e.g. `edm`)."""
+  from gendistill import objectives  # pylint: disable=g-import-not-at-top
+  from gendistill.objectives.base import example_batch  # pylint: disable=g-import-not-at-top
+  objective = objectives.build(config, spec)
+  state = jax.eval_shape(objective.init, jax.random.key(0), example_batch(spec), None)
+  return _exported(objective, state, spec)
 
 
 def random_network(network_cfg: ml_collections.ConfigDict, spec, seed: int = 0) -> Teacher:
