@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
 
-.PHONY: demo demo-sid test test-all install clean
+.PHONY: demo demo-sid test install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,6 @@ demo-sid: install
 	$(PY) -m gendistill.demo --workdir=$(WORKDIR) --student_steps=300
 
 test: install
-	$(PY) -m pytest -n 2 -m "not multiprocess" tests
-
-test-all: install
 	$(PY) -m pytest -n 2 tests
 
 clean:

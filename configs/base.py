@@ -1,5 +1,7 @@
 """Every config key with its default. Presets call `get_config()` and override; the result is locked, so a
 misspelt key or a value of the wrong type is an error that names it."""
+import json
+
 import ml_collections
 
 from gendistill import objectives
@@ -111,3 +113,18 @@ def parse_arg(arg: str):
   """'digits,smoke' -> ('digits', {'smoke'})."""
   parts = [p for p in (arg or "").split(",") if p]
   return (parts[0] if parts else ""), set(parts[1:])
+
+
+def override(c: ml_collections.ConfigDict, items) -> ml_collections.ConfigDict:
+  """Applies 'dotted.key=value' strings (value as JSON, or a bare string for string keys), e.g. from a
+  benchmark's --set flags; an unknown key is a KeyError naming it."""
+  for item in items:
+    key, value = item.split("=", 1)
+    node = c
+    *path, leaf = key.split(".")
+    for part in path:
+      node = node[part]
+    old = node[leaf]
+    node[leaf] = value if isinstance(old, str) else type(old)(json.loads(value))
+  return c
+

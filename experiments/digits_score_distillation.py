@@ -25,6 +25,7 @@ import gendistill  # noqa: E402,F401  (CPU flags before jax starts)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from configs import base  # noqa: E402
 from gendistill import data as data_lib  # noqa: E402
 from gendistill import evaluation, objectives, teachers, train  # noqa: E402
 from gendistill.objectives.base import example_batch  # noqa: E402
@@ -56,6 +57,7 @@ def run_one(name, args, teacher_fd):
     config.train.num_steps = args.steps
   if args.batch_size:
     config.data.batch_size = args.batch_size
+  base.override(config, args.set)
   dataset = data_lib.build(config.data)
   teacher = teachers.device_put(teachers.build(config.teacher, dataset, config.network))
   objective = objectives.build(config, dataset.spec)
@@ -93,7 +95,8 @@ def run_one(name, args, teacher_fd):
     else:
       seconds += time.time() - t0
   best = min(history, key=lambda r: r["digits_fd"])
-  return {"objective": name, "final": history[-1], "best": best, "reached": reached, "history": history,
+  label = name + (f" ({args.label})" if args.label else "")
+  return {"objective": label, "final": history[-1], "best": best, "reached": reached, "history": history,
           "compile_seconds": compile_seconds, "num_steps": config.train.num_steps,
           "batch_size": config.data.batch_size}
 
@@ -131,16 +134,37 @@ def main():
   parser.add_argument("--steps", type=int, default=0, help="override the presets' train.num_steps")
   parser.add_argument("--batch_size", type=int, default=0, help="override the presets' batch size")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--set", action="append", default=[],
+                      help="config override KEY=VALUE (JSON value), e.g. objective.sid.alpha=1.0; repeatable")
+  parser.add_argument("--label", default="", help="a note shown next to the objective's name in the table")
+  parser.add_argument("--merge", default="", help="comma-separated .json files: only write their merged table")
   parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "digits_score_distillation"))
   args = parser.parse_args()
+  if args.merge:
+    merge(args.merge.split(","), args)
+    return
   if not os.path.exists(os.path.join(args.teacher, "config.json")):
     sys.exit(f"No digits teacher in {args.teacher!r}: run `make demo` (or train configs/edm.py:digits) first.")
   ref = teacher_metrics(args.teacher, args.num_samples, args.seed)
   print(f"teacher Heun NFE {ref['nfe']}: digits FD {ref['digits_fd']:.3f}", flush=True)
-  results = [run_one(name, args, ref["digits_fd"]) for name in args.objectives.split(",")]
-  with open(args.out + ".json", "w") as f:
-    json.dump({"args": vars(args), "teacher": ref, "results": results}, f, indent=1)
+  results = []
+  for name in args.objectives.split(","):
+    results.append(run_one(name, args, ref["digits_fd"]))
+    with open(args.out + ".json", "w") as f:   # after every objective: a partial benchmark keeps what it has
+      json.dump({"args": vars(args), "teacher": ref, "results": results}, f, indent=1)
   write_table(args, ref, results)
+
+
+def merge(paths, args):
+  """One table from several runs' .json files (same teacher), e.g. objectives run separately."""
+  results = []
+  for path in paths:
+    with open(path) as f:
+      saved = json.load(f)
+    results += saved["results"]
+  for key in ("teacher", "num_samples", "eval_every", "steps"):
+    setattr(args, key, saved["args"][key])
+  write_table(args, saved["teacher"], results)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ from absl import logging
 from gendistill import state as state_lib
 
 
+# One compiled program, not one per leaf: op-by-op reductions over arrays sharded across processes launch a
+# collective each, and with CPU (gloo) collectives those in flight at once can deadlock the processes.
+_all_finite = jax.jit(state_lib.tree_all_finite)
+
+
 class CheckpointError(RuntimeError):
   pass
 
@@ -34,7 +39,7 @@ class Checkpointer:
 
   def save(self, step: int, state: state_lib.TrainState, data_state: Any, force: bool = False) -> bool:
     """Saves unless a parameter is non-finite (a broken state is never written: that raises)."""
-    if not bool(jax.device_get(state_lib.tree_all_finite((state.params, state.ema)))):
+    if not bool(jax.device_get(_all_finite((state.params, state.ema)))):
       raise CheckpointError(f"Refusing to save step {step}: the parameters contain NaN or Inf.")
     return self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

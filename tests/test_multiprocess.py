@@ -22,8 +22,9 @@ STEPS = 3
 RUNS = ("dmd:toy2d+smoke:1:8",)
 
 
-# Opt-in (make test-all): two processes with gloo collectives need a quiet machine to finish in time.
+# Selectable with -m multiprocess (part of `make test`: about a minute on 2 cores).
 pytestmark = pytest.mark.multiprocess
+
 
 def _free_port() -> int:
   with socket.socket() as s:
