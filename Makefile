@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
 
-.PHONY: demo demo-sid test install clean
+.PHONY: demo test install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+# The digits teacher, then SiD distillation of it into a one-step generator (DEMO_FLAGS=--student_steps=0: teacher only).
 demo: install
-	$(PY) -m gendistill.demo --workdir=$(WORKDIR)
-
-# The demo, then SiD distillation of its teacher into a one-step generator.
-demo-sid: install
-	$(PY) -m gendistill.demo --workdir=$(WORKDIR) --student_steps=300
+	$(PY) -m gendistill.demo --workdir=$(WORKDIR) $(DEMO_FLAGS)
 
 test: install
 	$(PY) -m pytest -n 2 tests
