@@ -444,6 +444,18 @@ class ShardedObjective:
     teacher = None if self.teacher is None else with_shardings(self.teacher, self.teacher_shardings)
     return self._step.lower(self.abstract_state, batch, teacher)
 
+  def use_compiled_step(self, compiled):
+    """Steps with `compiled` (from compile_step of an equal ShardedObjective, e.g. train.compile_ahead) instead
+    of compiling again; a call with other shapes or shardings than it was compiled for raises. The teacher's
+    apply function is static pytree metadata, so arguments are re-packed into the compiled structure: the
+    teacher network is the one it was compiled with (teachers.abstract of the same config)."""
+    in_tree = compiled.in_tree
+
+    def step(state, batch, teacher):
+      args, kwargs = jax.tree.unflatten(in_tree, jax.tree.leaves(((state, batch, teacher), {})))
+      return compiled(*args, **kwargs)
+    self._step = step
+
   def compile_step(self, batch_size: int):
     """Compiles lower_step(batch_size). With JAX's persistent compilation cache on, a later train_step loads
     this program instead of compiling it (see train.compile_ahead)."""

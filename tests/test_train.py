@@ -133,8 +133,8 @@ def test_divergence_stops_with_a_clear_message_and_no_broken_checkpoint(tmp_path
 
 
 def test_step_compiled_ahead_from_shapes_is_the_program_the_run_uses(tmp_path):
-  """The demo compiles SiD's step from the teacher's config while the teacher trains (train.compile_ahead); the
-  persistent cache only serves it if it lowers to the same program as the step on the real teacher and state."""
+  """The demo compiles SiD's step from the teacher's config while the teacher trains (train.compile_ahead): it
+  must be the program the step on the real teacher and state lowers to, and drive a run to the same state."""
   from configs import sid as sid_config  # pylint: disable=g-import-not-at-top
   from gendistill import data as data_lib, objectives, sharding, teachers  # pylint: disable=g-import-not-at-top
   teacher_config = edm_config.get_config("digits,smoke")
@@ -156,4 +156,9 @@ def test_step_compiled_ahead_from_shapes_is_the_program_the_run_uses(tmp_path):
     text = real._step.lower(state, batch, teacher).as_text()  # pylint: disable=protected-access
     ahead = sharding.ShardedObjective(objective, dataset.spec, mesh, abstract_teacher, config.mesh)
     assert ahead.lower_step(config.data.batch_size).as_text() == text
-  train.compile_ahead(config, abstract_teacher)   # runs end to end (fills the test compilation cache)
+  # The step compiled ahead drives a real run to the same state as the run's own jit.
+  compiled = train.compile_ahead(config, abstract_teacher)
+  ahead_state = train.train_and_evaluate(config, str(tmp_path / "ahead"), compiled_step=compiled)
+  own_state = train.train_and_evaluate(config, str(tmp_path / "own"))
+  assert int(ahead_state.step) == int(own_state.step) == config.train.num_steps
+  _assert_same(_params(ahead_state), _params(own_state))
