@@ -59,10 +59,8 @@ def child(args):
     rng = np.random.default_rng(0)
     host_batch = {"image": rng.uniform(-1, 1, (args.batch, 32, 32, 3)).astype(np.float32),
                   "label": rng.integers(0, 10, (args.batch,)).astype(np.int32)}
-    abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded.batch_sharding),
-                                  host_batch)
     t0 = time.time()
-    compiled = sharded._step.lower(sharded.abstract_state, abstract_batch, None).compile()  # pylint: disable=protected-access
+    compiled = sharded.compile_step(args.batch)
     row["compile_s"] = time.time() - t0
     mem = compiled.memory_analysis()
     row.update(args_bytes=mem.argument_size_in_bytes, temp=mem.temp_size_in_bytes,

@@ -127,4 +127,3 @@ def override(c: ml_collections.ConfigDict, items) -> ml_collections.ConfigDict:
     old = node[leaf]
     node[leaf] = value if isinstance(old, str) else type(old)(json.loads(value))
   return c
-

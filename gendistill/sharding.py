@@ -439,8 +439,8 @@ class ShardedObjective:
   def lower_step(self, batch_size: int):
     """The train step for global batches of `batch_size`, lowered from shapes alone (state, batch and teacher
     as ShapeDtypeStructs): the same program as train_step on real arrays."""
-    batch = with_shardings(example_batch(self.spec, batch_size),
-                           jax.tree.map(lambda _: self.batch_sharding, example_batch(self.spec, batch_size)))
+    example = example_batch(self.spec, batch_size)
+    batch = with_shardings(example, jax.tree.map(lambda _: self.batch_sharding, example))
     teacher = None if self.teacher is None else with_shardings(self.teacher, self.teacher_shardings)
     return self._step.lower(self.abstract_state, batch, teacher)
 
