@@ -48,6 +48,7 @@ FIGURES = os.path.join(ROOT, "experiments", "figures")
 TOY_KEYS = ("mmd2", "sliced_wasserstein", "energy_distance", "num_modes_covered", "high_quality_fraction",
             "mode_weights_tv")
 DIGITS_KEYS = ("digits_fd", "class_accuracy", "class_histogram_tv")
+FINDINGS = "## Findings"
 
 
 def _set(config, overrides: dict):
@@ -335,6 +336,11 @@ def write_table():
     commands = [v for k, v in results.items() if k.startswith("_command")]
     out += ["", "Commands:", ""] + [f"    {c}" for c in commands]
   path = os.path.join(ROOT, "experiments", "ign_adversarial.md")
+  if os.path.exists(path):  # the hand-written reading of the numbers is kept across regenerations
+    with open(path) as f:
+      previous = f.read()
+    if FINDINGS in previous:
+      out += ["", previous[previous.index(FINDINGS):].rstrip("\n")]
   with open(path, "w") as f:
     f.write("\n".join(out) + "\n")
   print("\n".join(out))

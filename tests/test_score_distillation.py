@@ -145,6 +145,11 @@ def test_dmd_gradient_is_zero_when_fake_equals_teacher_and_exact_otherwise():
   y_r, y_f = real_fn(x_t, sigma), fake_fn(x_t, sigma)
   w = jnp.abs(x - y_r).mean(axis=1)
   np.testing.assert_allclose(grad, (y_f - y_r) / w[:, None] / x.size, rtol=1e-5, atol=1e-8)
+  # The optional clip of the normaliser (toy presets): samples whose w is below it get w = weight_min.
+  floor = float(np.median(w))
+  clipped = jax.grad(lambda x: dmd.dm_objective(x, sigma, n, real_fn, fake_fn, weight_min=floor))(x)
+  np.testing.assert_allclose(clipped, (y_f - y_r) / jnp.maximum(w, floor)[:, None] / x.size, rtol=1e-5, atol=1e-8)
+  assert not np.allclose(clipped, grad)
 
 
 def test_fdistill_with_reverse_kl_reduces_to_dmd_and_other_divergences_reweight():

@@ -70,6 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
       sigma_max=80.0,
       rho=7.0,
       dm_loss_scale=1.0,
+      weight_min=0.0,           # clip of the normaliser mean_pix |x - mu_real| (official: none, 0)
       fake_loss_scale=1.0,
       networks_train_mode=False,  # teacher/fake score/classifier in the generator loss (official nets: no dropout)
       generator_dropout=True,   # G in train mode while it is trained and while it makes the fake score's samples
@@ -110,25 +111,28 @@ def dmd2_default_config() -> ml_collections.ConfigDict:
 # Pure losses.
 
 
-def dm_gradient(x, y_real, y_fake):
-  """g = (mu_fake - mu_real) / mean_pix |x - mu_real|, nan_to_num (official DMD2)."""
+def dm_gradient(x, y_real, y_fake, weight_min=0.0):
+  """g = (mu_fake - mu_real) / mean_pix |x - mu_real|, nan_to_num (official DMD2); the normaliser is clipped at
+  `weight_min` when that is positive (the official code has no clip: 0)."""
   w = sc.per_sample_mean(jnp.abs(x - y_real))
+  if weight_min > 0:
+    w = jnp.maximum(w, weight_min)
   return jnp.nan_to_num((y_fake - y_real) / sc.expand(w, x))
 
 
-def distribution_matching_loss(x, y_real, y_fake, weight=None):
+def distribution_matching_loss(x, y_real, y_fake, weight=None, weight_min=0.0):
   """0.5 mean((x - sg[x - g])^2) with g from `dm_gradient` (no gradient through the network outputs), times a
   per-sample `weight` [B] on g if given (f-distill's h(r)). Its gradient w.r.t. x is weight * g / numel."""
-  g = dm_gradient(sc.sg(x), sc.sg(y_real), sc.sg(y_fake))
+  g = dm_gradient(sc.sg(x), sc.sg(y_real), sc.sg(y_fake), weight_min)
   if weight is not None:
     g = g * sc.expand(sc.sg(weight), g)
   return 0.5 * jnp.mean((x - sc.sg(x - g)) ** 2)
 
 
-def dm_objective(x, sigma, noise, real_fn, fake_fn, weight=None):
+def dm_objective(x, sigma, noise, real_fn, fake_fn, weight=None, weight_min=0.0):
   """L_DM of generated x at noise level sigma [B] with noise n; real_fn/fake_fn(x, sigma) are mu_real/mu_fake."""
   x_t = sc.sg(x) + sc.expand(sigma, x) * noise
-  return distribution_matching_loss(x, real_fn(x_t, sigma), fake_fn(x_t, sigma), weight)
+  return distribution_matching_loss(x, real_fn(x_t, sigma), fake_fn(x_t, sigma), weight, weight_min)
 
 
 def dmd_fake_loss(apply_fn, params, x, labels, sigma, noise, *, sigma_data=0.5, train=True, rngs=None):
@@ -246,12 +250,12 @@ def build_dmd_family(config: ml_collections.ConfigDict, spec, name: str,
     aux = {}
     if f_weight is None:
       fake_fn = lambda xt, s: apply_fn(params_f, xt, s, labels, **kw)
-      loss_dm = dm_objective(x, sigma, noise, real_fn, fake_fn)
+      loss_dm = dm_objective(x, sigma, noise, real_fn, fake_fn, weight_min=cfg.weight_min)
     else:
       x_t = sc.sg(x) + sc.expand(sigma, x) * noise
       y_f, feats = apply_fn(params_f, x_t, sigma, labels, return_features=True, **kw)
       h = f_weight(head.apply(params_c, feats))
-      loss_dm = distribution_matching_loss(x, real_fn(x_t, sigma), y_f, h)
+      loss_dm = distribution_matching_loss(x, real_fn(x_t, sigma), y_f, h, cfg.weight_min)
       aux[f"{G}/h_max"] = jnp.max(h)
     total = cfg.dm_loss_scale * loss_dm
     aux[f"{G}/dm_loss"] = loss_dm
