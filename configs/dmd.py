@@ -15,7 +15,8 @@ def get_config(arg: str = "digits"):
   o = c.objective.dmd
   o.regression_weight = 0.0 if "noreg" in flags else 0.25
   if dataset == "toy2d":
-    o.update(regression_pairs=4096, regression_batch_size=256)
+    # weight_min: as configs/sid.py:toy2d, the normaliser mean|x - mu_real| averages only 2 coordinates here.
+    o.update(regression_pairs=4096, regression_batch_size=256, weight_min=0.05)
     o.generator_optimizer.update(lr=2e-4, warmup_steps=100)
     o.fake_score_optimizer.update(lr=1e-3, warmup_steps=100)
     o.ema.update(halflife_kimg=20.0, decay=0.999)
