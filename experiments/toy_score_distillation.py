@@ -208,9 +208,11 @@ def write_table(args, refs, results, runs=()):
       "official code: SiD alpha 1.0 (the official AFHQ/SiDA value; rows labelled 'alpha 1.2' use the CIFAR-10 value, which on the 5x5 grid lets the generator outrun the fake score), sigma_init 2.5, t_max 800; SiDA alpha 1.0 with its warm-ups scaled to 50/100 "
       "steps; Diff-Instruct sigma_init 2.5; DMD sigma_init 80 with the regression loss on 4096 teacher Heun pairs; "
       "DMD2 and f-distill (Jensen-Shannon) TTUR 5, classifier on the fake score's last hidden layer). One toy-only "
-      "change: SiD/SiDA clip the per-sample normaliser mean|x_g - y_r| at 0.05 instead of 1e-5 -- averaged over "
+      "change: SiD/SiDA clip the per-sample normaliser mean|x_g - y_r| at 0.05 instead of 1e-5, and DMD/DMD2/f-distill "
+      "clip their normaliser mean|x - mu_real| (unclipped in the official code) at 0.05 too -- averaged over "
       "only 2 coordinates it comes arbitrarily close to 0 at small sigma, and the 1/w weights then make the "
-      "generator gradient heavy-tailed (with 1e-5 the 8-ring stalls at SW ~0.11-0.14).", ""]
+      "generator gradient heavy-tailed (SiD with 1e-5: the 8-ring stalls at SW ~0.11-0.14; DMD2 unclipped: the "
+      "5x5 grid's mode weights drift, rows 'before the normaliser clip').", ""]
   if runs:
     lines += ["Merged (`--merge`) from the runs " + "; ".join(runs) + ".", ""]
   for mixture, ref in refs.items():
