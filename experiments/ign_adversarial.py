@@ -188,7 +188,7 @@ def _clip(x):
   return np.clip(np.asarray(x), -1.0, 1.0)
 
 
-def projection_benchmark(config, state, dataset):
+def projection_benchmark(config, state, dataset, figure_name):
   """Corrupted real digits -> f(.) and f^3(.): digits FD and class accuracy against the corrupted inputs."""
   ref = dataset.reference()
   x, labels = jnp.asarray(ref["image"]), ref["label"]
@@ -214,7 +214,7 @@ def projection_benchmark(config, state, dataset):
         figure += [_clip(corrupted[:10]), _clip(projected[:10])]
     rows[name] = out
     print("projection", name, json.dumps(out), flush=True)
-  evaluation.save_image_grid(np.concatenate(figure), os.path.join(FIGURES, "ign_projection_digits.png"), ncols=10,
+  evaluation.save_image_grid(np.concatenate(figure), os.path.join(FIGURES, figure_name), ncols=10,
                              scale=3, padding=1)
   return rows
 
@@ -243,17 +243,21 @@ def bench_digits(args):
                                                              teacher=teacher if distil else None, seed=args.seed)
     num_classes = dataset.spec.num_classes
     samples, labels = train.generate(objective, state, jax.random.key(123), args.num_samples, 250, num_classes)
-    row = {"objective": objective_name, "steps": args.steps, "overrides": {k: str(v) for k, v in overrides.items()},
+    row = {"objective": objective_name, "steps": args.steps, "init": "edm teacher" if distil else "random",
+           "overrides": {k: str(v) for k, v in overrides.items()},
            "train_seconds": seconds, "final_losses": losses,
            **_rows(evaluation.digits_metrics(_clip(samples), labels), DIGITS_KEYS)}
-    evaluation.save_image_grid(_clip(samples[:100]), os.path.join(FIGURES, f"digits_{name}.png"), ncols=10, scale=2)
+    evaluation.save_image_grid(_clip(samples[:100]), os.path.join(FIGURES, f"digits_{name}{args.tag}.png"), ncols=10,
+                               scale=2)
     if objective_name == "ign":
       row["refinement"] = []
       for k in range(1, 11):
         refined, _ = train.generate(objective, state, jax.random.key(123), args.num_samples, 250, num_classes, k)
         row["refinement"].append({"k": k, **_rows(evaluation.digits_metrics(_clip(refined), labels), DIGITS_KEYS)})
-      row["projection"] = projection_benchmark(config, state, dataset)
-    results[name] = record("digits", name, row)
+      figure = f"ign_projection_digits{args.tag}.png"
+      row["projection"] = projection_benchmark(config, state, dataset, figure)
+      row["projection_figure"] = f"experiments/figures/{figure}"
+    results[name] = record("digits", name + args.tag, row)
     print(name, json.dumps({k: v for k, v in row.items() if k not in ("refinement", "projection")}), flush=True)
   if teacher is not None:
     t0 = time.time()
@@ -327,7 +331,8 @@ def write_table():
     for name, row in results.items():
       if isinstance(row, dict) and "projection" in row:
         out += ["", f"Projection of corrupted real digits by {name} (f = the generator's EMA; 'input' is the corrupted "
-                "digits themselves; figure: experiments/figures/ign_projection_digits.png, rows: clean, f(clean), then "
+                f"digits themselves; figure: {row.get('projection_figure', 'experiments/figures/ign_projection_digits.png')}"
+                ", rows: clean, f(clean), then "
                 "corrupted / f(corrupted) per corruption):", "",
                 "| corruption | input FD | f FD | f^3 FD | input acc | f acc | f^3 acc |", "|---|---|---|---|---|---|---|"]
         for corruption, r in row["projection"].items():
@@ -359,6 +364,7 @@ def main():
   parser.add_argument("--teacher_workdir", default="", help="digits: an edm digits run, for add and --extra")
   parser.add_argument("--only", default="", help="comma-separated run names")
   parser.add_argument("--extra", default="", help="comma-separated distillation objectives with a configs/<name>.py")
+  parser.add_argument("--tag", default="", help="appended to the run names (and figure names), e.g. a longer rerun")
   parser.add_argument("--table", action="store_true", help="only write experiments/ign_adversarial.md from the results")
   args = parser.parse_args()
   if args.table:
@@ -371,7 +377,7 @@ def main():
   if args.num_samples is None:
     args.num_samples = 4000 if args.bench == "toy2d" else 1000
   bench_toy2d(args) if args.bench == "toy2d" else bench_digits(args)
-  record(args.bench, "_command " + (",".join(args.only) or "all"), " ".join(sys.argv))
+  record(args.bench, "_command " + (",".join(args.only) or "all") + args.tag, " ".join(sys.argv))
   print("wrote", os.path.join(RESULTS, f"ign_adversarial_{args.bench}.json"))
 
 if __name__ == "__main__":
