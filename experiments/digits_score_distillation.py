@@ -25,6 +25,7 @@ import gendistill  # noqa: E402,F401  (CPU flags before jax starts)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import results_md  # noqa: E402  (experiments/results_md.py)
 from configs import base  # noqa: E402
 from gendistill import data as data_lib  # noqa: E402
 from gendistill import evaluation, objectives, teachers, train  # noqa: E402
@@ -125,9 +126,7 @@ def write_table(args, ref, results, runs=()):
   lines += ["", "Digits FD by step (one-step samples of the generator's EMA):", ""]
   lines += [f"- {r['objective']}: " + ", ".join(f"{h['step']}: {h['digits_fd']:.2f}" for h in r["history"])
             for r in results]
-  with open(args.out + ".md", "w") as fh:
-    fh.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  print(results_md.write(args.out + ".md", lines))
 
 
 def main():

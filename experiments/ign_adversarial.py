@@ -34,6 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import results_md  # noqa: E402  (experiments/results_md.py)
 from gendistill import data as data_lib  # noqa: E402
 from gendistill import evaluation  # noqa: E402
 from gendistill import objectives  # noqa: E402
@@ -48,7 +49,6 @@ FIGURES = os.path.join(ROOT, "experiments", "figures")
 TOY_KEYS = ("mmd2", "sliced_wasserstein", "energy_distance", "num_modes_covered", "high_quality_fraction",
             "mode_weights_tv")
 DIGITS_KEYS = ("digits_fd", "class_accuracy", "class_histogram_tv")
-FINDINGS = "## Findings"
 
 
 def _set(config, overrides: dict):
@@ -340,15 +340,7 @@ def write_table():
                      + " | " + " | ".join(_fmt(r[s].get("class_accuracy"), 3) for s in ("input", "f^1", "f^3")) + " |")
     commands = [v for k, v in results.items() if k.startswith("_command")]
     out += ["", "Commands:", ""] + [f"    {c}" for c in commands]
-  path = os.path.join(ROOT, "experiments", "ign_adversarial.md")
-  if os.path.exists(path):  # the hand-written reading of the numbers is kept across regenerations
-    with open(path) as f:
-      previous = f.read()
-    if FINDINGS in previous:
-      out += ["", previous[previous.index(FINDINGS):].rstrip("\n")]
-  with open(path, "w") as f:
-    f.write("\n".join(out) + "\n")
-  print("\n".join(out))
+  print(results_md.write(os.path.join(ROOT, "experiments", "ign_adversarial.md"), out))
 
 
 def main():
