@@ -101,7 +101,10 @@ def init_state(rng, batch, teacher, *, spec, net, critic, cfg, tx_g, tx_c):
 
 
 def generator_turn(step, critic_steps: int):
-  return jnp.asarray(step) % max(int(critic_steps), 1) == max(int(critic_steps), 1) - 1
+  """Whether this step updates the generator; the Python True when every step does (critic_steps <= 1)."""
+  if int(critic_steps) <= 1:
+    return True
+  return jnp.asarray(step) % int(critic_steps) == int(critic_steps) - 1
 
 
 def gated_generator_update(state, turn, loss_fn, tx, ema_decay, metric_names):
@@ -119,6 +122,8 @@ def gated_generator_update(state, turn, loss_fn, tx, ema_decay, metric_names):
     names = (f"{G}/loss", *metric_names, f"{G}/grad_norm", f"{G}/skipped_nonfinite")
     return state, {k: jnp.zeros((), jnp.float32) for k in names}
 
+  if turn is True:   # no lax.cond: on XLA:CPU a network step inside a cond branch runs several times slower
+    return update(state)
   return jax.lax.cond(turn, update, skip, state)
 
 
