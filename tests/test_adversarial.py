@@ -10,7 +10,7 @@ from gendistill import data as data_lib
 from gendistill import objectives
 from gendistill import teachers
 from gendistill.nets import discriminator
-from gendistill.objectives import add, gan
+from gendistill.objectives import adversarial, add, gan
 from gendistill.objectives.base import example_batch
 
 REAL = np.array([-3.0, -0.5, 0.0, 0.4, 2.5])
@@ -160,6 +160,22 @@ def test_critic_steps_leave_the_generator_untouched():
   assert all(np.isfinite(float(v)) for v in metrics.values())
   assert "diffusion/p" in metrics
   assert objective.sample(state, jax.random.key(1), 5).shape == (5, 2)
+
+
+def test_one_critic_step_per_generator_step_updates_both_every_step():
+  # critic_steps = 1 takes the path without lax.cond: the generator must still move on every step.
+  assert adversarial.generator_turn(jnp.asarray(5), 1) is True
+  _, dataset, objective = _toy(adversarial_config, critic_steps=1)
+  state = objective.init(jax.random.key(0), example_batch(dataset.spec), None)
+  step = jax.jit(objective.train_step)
+  it = dataset.iterator()
+  for _ in range(2):
+    new, metrics = step(state, next(it), None)
+    assert not _same(state.params["generator"], new.params["generator"])
+    assert not _same(state.ema["generator"], new.ema["generator"])
+    assert not _same(state.params["critic"], new.params["critic"])
+    assert float(metrics["generator/loss"]) != 0.0
+    state = new
 
 
 def test_add_student_levels_and_distillation_term():
