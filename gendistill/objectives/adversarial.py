@@ -101,10 +101,10 @@ def init_state(rng, batch, teacher, *, spec, net, critic, cfg, tx_g, tx_c):
 
 
 def generator_turn(step, critic_steps: int):
-  """Whether this step updates the generator: the last of every `critic_steps` steps (`sc.gate`, which gives the
-  Python True when every step does, so that no lax.cond is built)."""
-  k = max(int(critic_steps), 1)
-  return sc.gate(step, every=k, start=k - 1)
+  """Whether this step updates the generator; the Python True when every step does (critic_steps <= 1)."""
+  if int(critic_steps) <= 1:
+    return True
+  return jnp.asarray(step) % int(critic_steps) == int(critic_steps) - 1
 
 
 def gated_generator_update(state, turn, loss_fn, tx, ema_decay, metric_names):
