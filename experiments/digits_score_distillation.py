@@ -34,8 +34,21 @@ from gendistill.objectives.base import example_batch  # noqa: E402
 OBJECTIVES = ("sid", "sida", "diff_instruct", "dmd", "dmd2", "fdistill")
 
 
-def teacher_metrics(teacher_dir, num_samples, seed, steps=18):
-  """The teacher's own Heun (NFE 2 steps - 1) digits metrics, through its objective's sampler."""
+def draws(sample, seeds):
+  """Digits metrics of `sample(key)` over several draws: each draw's metrics, and the FD's mean and sd."""
+  rows = [{k: float(v) for k, v in evaluation.digits_metrics(*sample(jax.random.key(s))).items()} for s in seeds]
+  fds = np.array([r["digits_fd"] for r in rows])
+  return {"seeds": list(seeds), "draws": rows, "digits_fd_mean": float(fds.mean()),
+          "digits_fd_sd": float(fds.std(ddof=1)) if len(fds) > 1 else 0.0}
+
+
+def draw_seeds(args):
+  return [args.seed + 1000 * (i + 1) for i in range(args.final_draws)]
+
+
+def teacher_metrics(teacher_dir, num_samples, seed, steps=18, seeds=()):
+  """The teacher's own Heun (NFE 2 steps - 1) digits metrics, through its objective's sampler; with `seeds`,
+  also over that many more draws (one 1000-sample FD moves by a few tenths between draws)."""
   from gendistill import checkpoint  # pylint: disable=g-import-not-at-top
   with open(os.path.join(teacher_dir, "config.json")) as f:
     saved = json.load(f)
@@ -47,8 +60,12 @@ def teacher_metrics(teacher_dir, num_samples, seed, steps=18):
   t0 = time.time()
   samples, labels = train.generate(objective, state, jax.random.key(seed), num_samples, 250, spec.num_classes, steps)
   seconds = time.time() - t0
-  return {**{k: float(v) for k, v in evaluation.digits_metrics(samples, labels).items()},
-          "sampling_seconds": seconds, "nfe": 2 * steps - 1}
+  ref = {**{k: float(v) for k, v in evaluation.digits_metrics(samples, labels).items()},
+         "sampling_seconds": seconds, "nfe": 2 * steps - 1}
+  if seeds:
+    ref["final_draws"] = draws(
+        lambda key: train.generate(objective, state, key, num_samples, 250, spec.num_classes, steps), seeds)
+  return ref
 
 
 def run_one(name, args, teacher_fd):
@@ -97,7 +114,10 @@ def run_one(name, args, teacher_fd):
       seconds += time.time() - t0
   best = min(history, key=lambda r: r["digits_fd"])
   label = name + (f" ({args.label})" if args.label else "")
+  final_draws = draws(lambda key: train.generate(objective, state, key, args.num_samples, 250,
+                                                 dataset.spec.num_classes), draw_seeds(args))
   return {"objective": label, "final": history[-1], "best": best, "reached": reached, "history": history,
+          "final_draws": final_draws,
           "compile_seconds": compile_seconds, "num_steps": config.train.num_steps,
           "batch_size": config.data.batch_size}
 
@@ -112,21 +132,32 @@ def write_table(args, ref, results, runs=()):
       f"classifier's features, {args.num_samples} class-balanced samples against the real digits. One-step samples "
       "of each generator's EMA; 'reached' is the first evaluation with FD no worse than the teacher's Heun NFE 35.",
       "", f"Teacher, Heun NFE {ref['nfe']}: digits FD {ref['digits_fd']:.3f}, class accuracy "
-      f"{ref.get('class_accuracy', float('nan')):.3f}, {ref['sampling_seconds']:.1f} s for {args.num_samples} samples.",
+      f"{ref.get('class_accuracy', float('nan')):.3f}, {ref['sampling_seconds']:.1f} s for {args.num_samples} samples"
+      + (f"; over {len(ref['final_draws']['seeds'])} more draws {_mean_sd(ref['final_draws'])}."
+         if "final_draws" in ref else "."),
       *(["", "Merged (`--merge`) from the runs " + "; ".join(runs) + "."] if runs else []),
-      "", "| objective | final FD | best FD (step) | class acc | reached teacher (step / G updates / s) | steps | "
-      "batch | train s |", "|---|---|---|---|---|---|---|---|"]
+      "", "The final generator is also evaluated on fresh draws of samples (same seeds as the teacher's draws): "
+      "'final FD, draws' is their mean +- sd; compare it with the teacher's.",
+      "", "| objective | final FD | final FD, draws | best FD (step) | class acc | reached teacher (step / G updates "
+      "/ s) | steps | batch | train s |", "|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     f, b, reached = r["final"], r["best"], r["reached"]
     where = (f"{reached['step']} / {reached['generator_updates']} / {reached['train_seconds']:.0f}" if reached
              else "not reached")
-    lines.append(f"| {r['objective']} | {f['digits_fd']:.3f} | {b['digits_fd']:.3f} ({b['step']}) | "
+    lines.append(f"| {r['objective']} | {f['digits_fd']:.3f} | {_mean_sd(r.get('final_draws'))} | "
+                 f"{b['digits_fd']:.3f} ({b['step']}) | "
                  f"{f.get('class_accuracy', float('nan')):.3f} | {where} | {r['num_steps']} | {r['batch_size']} | "
                  f"{f['train_seconds']:.0f} |")
   lines += ["", "Digits FD by step (one-step samples of the generator's EMA):", ""]
   lines += [f"- {r['objective']}: " + ", ".join(f"{h['step']}: {h['digits_fd']:.2f}" for h in r["history"])
             for r in results]
   print(results_md.write(args.out + ".md", lines))
+
+
+def _mean_sd(d):
+  if not d:
+    return "-"
+  return f"{d['digits_fd_mean']:.3f} +- {d['digits_fd_sd']:.3f} ({len(d['seeds'])})"
 
 
 def main():
@@ -138,6 +169,8 @@ def main():
   parser.add_argument("--steps", type=int, default=0, help="override the presets' train.num_steps")
   parser.add_argument("--batch_size", type=int, default=0, help="override the presets' batch size")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--final_draws", type=int, default=3,
+                      help="evaluate the teacher and each final generator on this many more sample draws")
   parser.add_argument("--set", action="append", default=[],
                       help="config override KEY=VALUE (JSON value), e.g. objective.sid.alpha=1.0; repeatable")
   parser.add_argument("--label", default="", help="a note shown next to the objective's name in the table")
@@ -149,7 +182,7 @@ def main():
     return
   if not os.path.exists(os.path.join(args.teacher, "config.json")):
     sys.exit(f"No digits teacher in {args.teacher!r}: run `make demo` (or train configs/edm.py:digits) first.")
-  ref = teacher_metrics(args.teacher, args.num_samples, args.seed)
+  ref = teacher_metrics(args.teacher, args.num_samples, args.seed, seeds=draw_seeds(args))
   print(f"teacher Heun NFE {ref['nfe']}: digits FD {ref['digits_fd']:.3f}", flush=True)
   results = []
   for name in args.objectives.split(","):

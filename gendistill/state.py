@@ -98,7 +98,11 @@ def ema_decay_fn(cfg: ml_collections.ConfigDict, batch_size: int) -> Callable[[j
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """An optax optimizer from an `optimizer` config section (one per role)."""
-  if cfg.warmup_steps > 0:
+  cfg = optimizer_config(**cfg)   # keys added since a run saved its config.json take their defaults
+  if cfg.decay_steps > 0:   # counts this role's applied updates (a gated-off step does not advance it)
+    lr = optax.warmup_cosine_decay_schedule(0.0 if cfg.warmup_steps > 0 else cfg.lr, cfg.lr, cfg.warmup_steps,
+                                            cfg.decay_steps, end_value=cfg.lr * cfg.end_lr_ratio)
+  elif cfg.warmup_steps > 0:
     lr = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
   else:
     lr = cfg.lr
@@ -121,10 +125,16 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
 
 
 def optimizer_config(lr=1e-3, name="adam", b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, warmup_steps=0,
-                     grad_clip_norm=0.0, grad_clip_value=0.0) -> ml_collections.ConfigDict:
-  """The keys of an `optimizer` config section with their defaults."""
+                     decay_steps=0, end_lr_ratio=0.0, grad_clip_norm=0.0,
+                     grad_clip_value=0.0) -> ml_collections.ConfigDict:
+  """The keys of an `optimizer` config section with their defaults.
+
+  The learning rate warms up linearly from 0 over `warmup_steps`; with `decay_steps` > 0 it then follows a cosine
+  down to lr * end_lr_ratio at update `decay_steps` (warm-up included, as in optax) and stays there.
+  """
   return ml_collections.ConfigDict(dict(name=name, lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                                        warmup_steps=warmup_steps, grad_clip_norm=grad_clip_norm,
+                                        warmup_steps=warmup_steps, decay_steps=decay_steps,
+                                        end_lr_ratio=end_lr_ratio, grad_clip_norm=grad_clip_norm,
                                         grad_clip_value=grad_clip_value))
 
 

@@ -335,6 +335,7 @@ def test_sida_warm_up_freezes_the_generator_then_turns_the_gan_term_on():
   for _ in range(5):
     new, metrics = step(state, next(it), teacher)
     updated.append(_changed(state.params["generator"], new.params["generator"]))
+    assert _changed(state.opt_state["generator"], new.opt_state["generator"]) == updated[-1]
     gan_on.append(float(metrics["generator/gan_on"]))
     assert _changed(state.params["fake_score"], new.params["fake_score"])
     state = new

@@ -34,6 +34,37 @@ def test_disabled_update_changes_nothing():
   jax.tree.map(np.testing.assert_array_equal, s1.opt_state, s0.opt_state)
 
 
+def _sgd_step_sizes(cfg, num_steps, enabled=None):
+  """The learning rate of each update of plain SGD on the gradient 1 (the parameter moves by -lr)."""
+  tx = state_lib.make_optimizer(cfg)
+  state = state_lib.create(jax.random.key(0), {"g": jnp.zeros(())}, {"g": tx})
+  sizes = []
+  for i in range(num_steps):
+    on = True if enabled is None else enabled[i]
+    before = float(state.params["g"])
+    state, _ = state_lib.apply_gradients(state, "g", jnp.ones(()), tx, enabled=jnp.array(on))
+    sizes.append(before - float(state.params["g"]))
+  return np.array(sizes)
+
+
+def test_learning_rate_warmup_then_cosine_decay_follows_the_formula():
+  lr, warmup, decay, end = 0.5, 4, 12, 0.1
+  cfg = state_lib.optimizer_config(lr=lr, name="sgd", b1=0.0, warmup_steps=warmup, decay_steps=decay,
+                                   end_lr_ratio=end)
+  t = np.arange(16)
+  cosine = lr * end + (lr - lr * end) * 0.5 * (1 + np.cos(np.pi * np.clip(t - warmup, 0, None) / (decay - warmup)))
+  expected = np.where(t < warmup, lr * t / warmup, np.where(t < decay, cosine, lr * end))
+  np.testing.assert_allclose(_sgd_step_sizes(cfg, 16), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_learning_rate_schedule_counts_only_applied_updates():
+  cfg = state_lib.optimizer_config(lr=1.0, name="sgd", b1=0.0, decay_steps=4)
+  sizes = _sgd_step_sizes(cfg, 6, enabled=[True, False, True, False, True, True])
+  expected_applied = 0.5 * (1 + np.cos(np.pi * np.arange(4) / 4))
+  np.testing.assert_allclose(sizes[[0, 2, 4, 5]], expected_applied, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(sizes[[1, 3]], 0.0)
+
+
 def test_ema_update_formula():
   ema = {"w": jnp.array([1.0, 2.0])}
   out = state_lib.ema_update(ema, {"w": jnp.array([3.0, 0.0])}, 0.9)
@@ -58,3 +89,9 @@ def test_step_rng_is_deterministic_and_distinct():
   assert not jnp.array_equal(jax.random.key_data(a1), jax.random.key_data(b1))
   a3, = s.replace(step=s.step + 1).step_rng("a")
   assert not jnp.array_equal(jax.random.key_data(a1), jax.random.key_data(a3))
+
+
+def test_optimizer_section_saved_before_new_keys_gets_their_defaults():
+  old = state_lib.optimizer_config(lr=0.5, name="sgd", b1=0.0)
+  del old["decay_steps"], old["end_lr_ratio"]   # a config.json written before the schedule keys existed
+  np.testing.assert_allclose(_sgd_step_sizes(old, 3), [0.5, 0.5, 0.5], rtol=1e-6)

@@ -211,13 +211,15 @@ def zeros_like_tree(tree):
   return jax.tree.map(jnp.zeros_like, tree)
 
 
-def maybe_grad(enabled, fn, params, *args):
+def maybe_grad(enabled, fn, params, *args, skip_when_off=True):
   """value_and_grad(fn, has_aux=True)(params, *args) when `enabled` (traced bool), else zeros, via lax.cond,
-  so that the gated-off update of a TTUR or warm-up schedule costs no backward pass. `enabled` = True (the
-  Python constant `gate` returns for an always-on role) calls it directly: XLA:CPU runs a UNet step inside a
-  conditional about 5x slower than the same step outside one (measured on the digits SiD step)."""
+  so that the gated-off update of a TTUR schedule costs no backward pass. `enabled` = True (the Python constant
+  `gate` returns for an always-on role) calls it directly: XLA:CPU runs a UNet step inside a conditional about
+  5x slower than the same step outside one (measured on the digits SiD step). So does skip_when_off=False, for
+  gates that are off only during a warm-up: the caller masks the update with `enabled` (apply_gradients), which
+  wastes the warm-up's backward passes but keeps every later step out of the conditional."""
   vg = jax.value_and_grad(fn, has_aux=True)
-  if enabled is True:
+  if enabled is True or not skip_when_off:
     return vg(params, *args)
   shapes = jax.eval_shape(vg, params, *args)
   def off(params, *args):

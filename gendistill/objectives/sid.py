@@ -245,8 +245,9 @@ def _build(config: ml_collections.ConfigDict, spec, name: str, adversarial: bool
       update_g = jnp.logical_and(state.step > generator_start, update_g)
     gan_on = state.step > gan_start if adversarial else jnp.array(False)
     loss_fn = functools.partial(generator_loss, shape=x_real.shape)
+    # With generator_every = 1 the gate is off only during SiDA's warm-up: no conditional (see maybe_grad).
     (loss_g, aux_g), grads_g = sc.maybe_grad(update_g, loss_fn, state.params[G], state.params[F], teacher, labels,
-                                             gan_on, rng_g)
+                                             gan_on, rng_g, skip_when_off=cfg.generator_every > 1)
     if cfg.nan_to_num:
       grads_g = sc.nan_to_num_grads(grads_g)
     state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g)
