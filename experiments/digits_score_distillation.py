@@ -35,11 +35,15 @@ OBJECTIVES = ("sid", "sida", "diff_instruct", "dmd", "dmd2", "fdistill")
 
 
 def draws(sample, seeds):
-  """Digits metrics of `sample(key)` over several draws: each draw's metrics, and the FD's mean and sd."""
-  rows = [{k: float(v) for k, v in evaluation.digits_metrics(*sample(jax.random.key(s))).items()} for s in seeds]
+  """Digits metrics of `sample(key)` over several draws: each draw's metrics, the FD's mean and sd over draws,
+  and the metrics of all draws pooled into one sample set (less noisy than any one draw)."""
+  outs = [sample(jax.random.key(s)) for s in seeds]
+  metrics = lambda x, y: {k: float(v) for k, v in evaluation.digits_metrics(x, y).items()}
+  rows = [metrics(*out) for out in outs]
   fds = np.array([r["digits_fd"] for r in rows])
+  pooled = metrics(np.concatenate([np.asarray(x) for x, _ in outs]), np.concatenate([np.asarray(y) for _, y in outs]))
   return {"seeds": list(seeds), "draws": rows, "digits_fd_mean": float(fds.mean()),
-          "digits_fd_sd": float(fds.std(ddof=1)) if len(fds) > 1 else 0.0}
+          "digits_fd_sd": float(fds.std(ddof=1)) if len(fds) > 1 else 0.0, "pooled": pooled}
 
 
 def draw_seeds(args):
@@ -137,7 +141,8 @@ def write_table(args, ref, results, runs=()):
          if "final_draws" in ref else "."),
       *(["", "Merged (`--merge`) from the runs " + "; ".join(runs) + "."] if runs else []),
       "", "The final generator is also evaluated on fresh draws of samples (same seeds as the teacher's draws): "
-      "'final FD, draws' is their mean +- sd; compare it with the teacher's.",
+      "'final FD, draws' is their mean +- sd (number of draws) and the FD of all draws pooled into one "
+      "sample set; compare them with the teacher's.",
       "", "| objective | final FD | final FD, draws | best FD (step) | class acc | reached teacher (step / G updates "
       "/ s) | steps | batch | train s |", "|---|---|---|---|---|---|---|---|---|"]
   for r in results:
@@ -157,7 +162,8 @@ def write_table(args, ref, results, runs=()):
 def _mean_sd(d):
   if not d:
     return "-"
-  return f"{d['digits_fd_mean']:.3f} +- {d['digits_fd_sd']:.3f} ({len(d['seeds'])})"
+  pooled = f"; pooled {d['pooled']['digits_fd']:.3f}" if "pooled" in d else ""
+  return f"{d['digits_fd_mean']:.3f} +- {d['digits_fd_sd']:.3f} ({len(d['seeds'])}){pooled}"
 
 
 def main():
