@@ -195,6 +195,7 @@ def main():
     results.append(run_one(name, args, ref["digits_fd"]))
     with open(args.out + ".json", "w") as f:   # after every objective: a partial benchmark keeps what it has
       json.dump({"args": vars(args), "teacher": ref, "results": results}, f, indent=1)
+    jax.clear_caches()   # each objective's compiled programs hold GBs of host memory
   write_table(args, ref, results)
 
 
