@@ -50,11 +50,12 @@ def main():
     value, per_sample = sc.denoising_loss(apply_fn, p, x, labels, sigma, noise, jnp.ones_like(sigma), train=False)
     return value, {"max": jnp.max(per_sample)}
 
+  cond = jax.jit(lambda p, on: sc.maybe_grad(on, loss, p))   # one program: the gate's value picks the branch
   variants = {
       "direct": jax.jit(lambda p, on: sc.maybe_grad(True, loss, p)),
       "masked": jax.jit(lambda p, on: sc.maybe_grad(on, loss, p, skip_when_off=False)),
-      "cond, on": jax.jit(lambda p, on: sc.maybe_grad(on, loss, p)),
-      "cond, off": jax.jit(lambda p, on: sc.maybe_grad(on, loss, p)),
+      "cond, on": cond,
+      "cond, off": cond,
   }
   gate = {"cond, off": jnp.array(False)}
   times = {name: [] for name in variants}
