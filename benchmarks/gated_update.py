@@ -1,16 +1,16 @@
 """What a gated update costs: the gradient of the digits UNet's denoising loss computed directly, inside
-`lax.cond` (score_common.maybe_grad with a traced gate, as TTUR schedules use it), and masked (maybe_grad with
-skip_when_off=False, as SiDA's warm-up gate uses it).
+`lax.cond` (gating.value_and_grad with a traced TTUR gate, as TTUR schedules use it), and masked (a warm-up
+gate, as SiDA's warm-up uses it).
 
     .venv/bin/python benchmarks/gated_update.py --md=benchmarks/gated_update.md
 
 The network is configs/edm.py:digits's (the demo teacher's), randomly initialised, batch 64 of 16x16 digits-shaped
 inputs. The variants are timed in interleaved rounds in one process, so the ratios to 'direct' hold on a shared
 machine even when the absolute times drift:
-  direct        maybe_grad(True, ...): value_and_grad, no conditional (an always-on role);
-  masked        maybe_grad(gate, ..., skip_when_off=False) with the gate on: the gradient is always computed;
-  cond, on      maybe_grad(gate, ...) with the gate on: the same gradient inside lax.cond's taken branch;
-  cond, off     maybe_grad(gate, ...) with the gate off: lax.cond's zeros branch (what TTUR saves).
+  direct        gate on every step (Python True): value_and_grad, no conditional (an always-on role);
+  masked        warm-up gate (skip=False) on: the gradient is always computed, the update masked;
+  cond, on      TTUR gate (skip=True) on: the same gradient inside lax.cond's taken branch;
+  cond, off     TTUR gate off: lax.cond's zeros branch (what TTUR saves).
 """
 import argparse
 import os
@@ -27,6 +27,9 @@ import numpy as np  # noqa: E402
 
 from configs import edm as edm_config  # noqa: E402
 from gendistill.data import DataSpec  # noqa: E402
+from gendistill import objectives  # noqa: E402
+from gendistill.diffusion import losses  # noqa: E402
+from gendistill.objectives import gating  # noqa: E402
 from gendistill.objectives import score_common as sc  # noqa: E402
 
 
@@ -38,7 +41,8 @@ def main():
   args = parser.parse_args()
 
   config = edm_config.get_config("digits")
-  net, apply_fn = sc.build_network(config, DataSpec("image", (16, 16, 1), 10))
+  net = objectives.networks_for(config, DataSpec("image", (16, 16, 1), 10))["denoiser"]
+  apply_fn = net.apply
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.uniform(-1, 1, (args.batch, 16, 16, 1)), jnp.float32)
   labels = jax.nn.one_hot(rng.integers(0, 10, args.batch), 10)
@@ -47,13 +51,15 @@ def main():
   params = sc.init_network(net, jax.random.key(0), x, labels)
 
   def loss(p):
-    value, per_sample = sc.denoising_loss(apply_fn, p, x, labels, sigma, noise, jnp.ones_like(sigma), train=False)
+    value, per_sample = losses.denoising_loss(apply_fn, p, x, labels, sigma, noise, jnp.ones_like(sigma),
+                                              train=False)
     return value, {"max": jnp.max(per_sample)}
 
-  cond = jax.jit(lambda p, on: sc.maybe_grad(on, loss, p))   # one program: the gate's value picks the branch
+  # One program: the gate's value picks the branch.
+  cond = jax.jit(lambda p, on: gating.value_and_grad(gating.Gate(on, skip=True), loss, p))
   variants = {
-      "direct": jax.jit(lambda p, on: sc.maybe_grad(True, loss, p)),
-      "masked": jax.jit(lambda p, on: sc.maybe_grad(on, loss, p, skip_when_off=False)),
+      "direct": jax.jit(lambda p, on: gating.value_and_grad(gating.Gate(True, skip=False), loss, p)),
+      "masked": jax.jit(lambda p, on: gating.value_and_grad(gating.Gate(on, skip=False), loss, p)),
       "cond, on": cond,
       "cond, off": cond,
   }

@@ -15,11 +15,10 @@ ARGS = ("toy2d", "digits", "cifar10")
 
 def get_config(arg: str = "digits"):
   dataset, flags = base.parse_arg(arg)
-  c = base.get_config()
+  c = base.get_config("add")
   teacher = edm_configs.get_config(dataset)  # the teacher's data and network sections
   c.data.update(teacher.data)
   c.network.update(teacher.network)
-  c.objective.name = "add"
   o = c.objective.add
   if dataset == "toy2d":
     c.teacher.source = "analytic"

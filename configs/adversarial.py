@@ -12,8 +12,7 @@ ARGS = ("toy2d", "digits", "cifar10")
 
 def get_config(arg: str = "digits"):
   dataset, flags = base.parse_arg(arg)
-  c = base.get_config()
-  c.objective.name = "adversarial"
+  c = base.get_config("adversarial")
   o = c.objective.adversarial
   if dataset == "toy2d":
     c.data.update(name="toy2d", toy2d_kind="ring8", batch_size=512, conditional=False)

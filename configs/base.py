@@ -1,30 +1,27 @@
-"""Every config key with its default. Presets call `get_config()` and override; the result is locked, so a
-misspelt key or a value of the wrong type is an error that names it."""
+"""Every config key with its default. Presets call `get_config(objective)` and override; the result is locked,
+so a misspelt key or a value of the wrong type is an error that names it. A run's config holds the shared
+sections and the chosen objective's section only (`objective.name` and `objective.<name>`): a key of another
+objective (e.g. `--config.objective.sid.alpha=2` on a dmd2 run) is an error."""
 import json
 
 import ml_collections
 
+from gendistill import data as data_lib
 from gendistill import objectives
 from gendistill import sharding
 from gendistill import teachers
+from gendistill.diffusion import samplers
+from gendistill.nets import unet
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(objective: str = "edm") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  c.data = ml_collections.ConfigDict(dict(
-      name="digits",          # toy2d | digits | tfds
-      toy2d_kind="ring8",     # ring8 | grid25 | ring8_unequal | grid25_unequal | swiss_roll | moons
-      toy2d_size=65536,       # size of the fixed toy training pool
-      image_size=16,          # digits are resized to this; tfds images too when > 0
-      tfds_name="cifar10",
-      tfds_split="train",
-      tfds_data_dir="",
-      batch_size=128,         # global batch, over all processes
-      seed=0,                 # shuffle seed
-      conditional=True,       # keep labels (class-conditional model)
-  ))
+  # Keys and library defaults in gendistill/data (toy2d_kind: ring8 | grid25 | ring8_unequal | grid25_unequal |
+  # swiss_roll | moons; batch_size is the global batch; conditional keeps labels). This base preset: digits.
+  c.data = data_lib.data_config()
+  c.data.update(name="digits", image_size=16, tfds_name="cifar10", batch_size=128, conditional=True)
 
   c.network = ml_collections.ConfigDict(dict(
       kind="unet",            # unet | mlp
@@ -46,17 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
       remat="none",           # rematerialise each network call in the backward pass: none | full | dots
   ))
 
-  c.objective = ml_collections.ConfigDict()
-  c.objective.name = "edm"
-  for name, section in objectives.default_configs().items():
-    c.objective[name] = section
+  c.objective = ml_collections.ConfigDict({"name": objective, objective: objectives.default_config(objective)})
 
   c.teacher = teachers.teacher_config()
 
   # Heun/Euler sampling with a diffusion model (EDM Algorithm 2); also the teacher sampler of distillation.
-  c.sampler = ml_collections.ConfigDict(dict(
-      num_steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0,
-      s_churn=0.0, s_min=0.0, s_max=float("inf"), s_noise=1.0, guidance=1.0))
+  c.sampler = samplers.sampler_config()
 
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1000,
@@ -91,7 +83,6 @@ def get_config() -> ml_collections.ConfigDict:
 
 def unet_preset(name: str) -> dict:
   """The network-config fields of a UNet preset (the values live in gendistill/nets/unet.py PRESETS)."""
-  from gendistill.nets import unet  # pylint: disable=g-import-not-at-top
   keys = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
   return dict(kind="unet", **{k: unet.PRESETS[name][k] for k in keys})
 

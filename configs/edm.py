@@ -6,8 +6,7 @@ ARGS = ("digits", "toy2d", "cifar10")
 
 def get_config(arg: str = "digits"):
   dataset, flags = base.parse_arg(arg)
-  c = base.get_config()
-  c.objective.name = "edm"
+  c = base.get_config("edm")
   if dataset == "digits":
     # Class-conditional teacher of the embedded demo (`make demo`): a few minutes on a 2-core CPU. The grid and
     # the evaluation sample 100 at a time, so they share one compiled sampler.

@@ -12,8 +12,7 @@ ARGS = ("toy2d", "digits", "cifar10")
 
 def get_config(arg: str = "digits"):
   dataset, flags = base.parse_arg(arg)
-  c = base.get_config()
-  c.objective.name = "ign"
+  c = base.get_config("ign")
   o = c.objective.ign
   if dataset == "toy2d":
     c.data.update(name="toy2d", toy2d_kind="ring8", batch_size=512, conditional=False)

@@ -42,8 +42,7 @@ def distillation_config(objective: str, arg: str):
   dataset, flags, teacher = parse(arg)
   if dataset not in DATASETS:
     raise ValueError(f"Unknown dataset {dataset!r} for configs/{objective}.py; expected one of {DATASETS}.")
-  c = base.get_config()
-  c.objective.name = objective
+  c = base.get_config(objective)
   if dataset == "toy2d":
     kind = "grid25_unequal" if "grid25" in flags else "ring8_unequal"
     c.data.update(name="toy2d", toy2d_kind=kind, batch_size=256, conditional=False)

@@ -192,7 +192,8 @@ def projection_benchmark(config, state, dataset, figure_name):
   """Corrupted real digits -> f(.) and f^3(.): digits FD and class accuracy against the corrupted inputs."""
   ref = dataset.reference()
   x, labels = jnp.asarray(ref["image"]), ref["label"]
-  project = jax.jit(ign.projector(config, dataset.spec), static_argnames=("steps",))
+  network = objectives.networks_for(config, dataset.spec)["generator"]
+  project = jax.jit(ign.projector(network, config.objective.ign), static_argnames=("steps",))
   params = state.ema["generator"]
   corruptions = {
       "none": lambda rng, v: v,

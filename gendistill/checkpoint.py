@@ -11,7 +11,9 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from gendistill import sharding
 from gendistill import state as state_lib
+from gendistill.data.spec import abstract_batch
 
 
 # One compiled program, not one per leaf: op-by-op reductions over arrays sharded across processes launch a
@@ -89,10 +91,7 @@ def restore_state(workdir: str, objective, spec, step: Optional[int] = None, tea
   The arrays are placed on `mesh` (default: all devices, replicated) with the sharding rules `rules` (a `mesh`
   config section; default: the built-in rule), whatever mesh or number of processes saved them.
   """
-  from gendistill import sharding  # pylint: disable=g-import-not-at-top
-  from gendistill.objectives.base import example_batch  # pylint: disable=g-import-not-at-top
-
-  abstract = jax.eval_shape(objective.init, jax.random.key(0), example_batch(spec), teacher)
+  abstract = jax.eval_shape(objective.init, jax.eval_shape(jax.random.key, 0), abstract_batch(spec), teacher)
   mesh = sharding.make_mesh() if mesh is None else mesh
   abstract = sharding.with_shardings(abstract, sharding.tree_shardings(abstract, mesh, rules))
   ckpt = Checkpointer(checkpoint_dir(workdir), async_save=False)

@@ -45,7 +45,7 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
   info = ckpt_lib.read_run_info(workdir)
   if info is None:
     raise FileNotFoundError(f"{workdir} holds no gendistill run (config.json is missing).")
-  config = ml_collections.ConfigDict(info["config"])
+  config = ml_collections.ConfigDict(objectives.migrate_config(info["config"]))
   spec = DataSpec(**{**info["spec"], "shape": tuple(info["spec"]["shape"])})
   dataset = data_lib.build(config.data)
   objective = objectives.build(config, spec)

@@ -77,7 +77,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str):
   saved = ckpt_lib.read_run_info(workdir)
   if saved is None:
     return
-  old = saved["config"]
+  old = objectives.migrate_config(saved["config"])
   new = json.loads(json.dumps(config.to_dict(), default=list))
   diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
            if k not in RESUMABLE_SECTIONS and old.get(k) != new.get(k)]

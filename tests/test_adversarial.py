@@ -164,7 +164,7 @@ def test_critic_steps_leave_the_generator_untouched():
 
 def test_one_critic_step_per_generator_step_updates_both_every_step():
   # critic_steps = 1 takes the path without lax.cond: the generator must still move on every step.
-  assert adversarial.generator_turn(jnp.asarray(5), 1) is True
+  assert adversarial.generator_turn(jnp.asarray(5), 1).on is True
   _, dataset, objective = _toy(adversarial_config, critic_steps=1)
   state = objective.init(jax.random.key(0), example_batch(dataset.spec), None)
   step = jax.jit(objective.train_step)

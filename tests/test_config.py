@@ -1,13 +1,17 @@
 """Every preset loads; a misspelt key or a wrong type is an error that names it."""
 import glob
 import importlib
+import json
 import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from configs import base
+from gendistill import objectives
+from gendistill.data import DataSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,10 +49,43 @@ def test_unknown_dataset_argument_is_an_error():
     importlib.import_module("configs.edm").get_config("mnist")
 
 
-def test_base_declares_every_objective_section():
-  from gendistill import objectives
-  config = base.get_config()
-  assert set(objectives.names()) <= set(config.objective.keys())
+@pytest.mark.parametrize("name", objectives.names())
+def test_a_config_holds_only_its_objectives_section_with_the_registered_defaults(name):
+  config = base.get_config(name)
+  assert set(config.objective.keys()) == {"name", name}
+  assert config.objective[name].to_dict() == objectives.default_config(name).to_dict()
+
+
+def test_another_objectives_key_is_an_error():
+  config = importlib.import_module("configs.dmd2").get_config("toy2d,smoke")
+  with pytest.raises((KeyError, AttributeError), match="sid"):
+    base.override(config, ["objective.sid.alpha=2"])
+  with pytest.raises(AttributeError, match="sid"):
+    config.objective.sid.alpha = 2.0
+
+
+def test_changing_objective_name_afterwards_is_an_error_naming_the_fix():
+  config = importlib.import_module("configs.sid").get_config("toy2d,smoke")
+  config.objective.name = "dmd2"
+  with pytest.raises(ValueError, match=r"no objective.dmd2 section.*get_config\('dmd2'\)"):
+    objectives.build(config, DataSpec("x", (2,), 0))
+
+
+def test_an_old_config_json_with_every_section_migrates_to_the_chosen_one():
+  """Runs saved before configs held one objective carry all of them (and lack later keys): they still load."""
+  config = importlib.import_module("configs.sid").get_config("toy2d,smoke")
+  new = json.loads(json.dumps(config.to_dict(), default=list))
+  old = json.loads(json.dumps(new))
+  for name in objectives.names():
+    old["objective"].setdefault(name, objectives.default_config(name).to_dict())
+  old["objective"]["sid"]["alpha"] = 1.5
+  del old["train"]["microbatches"], old["network"]["remat"]
+  migrated = objectives.migrate_config(json.loads(json.dumps(old, default=list)))
+  assert set(migrated["objective"]) == {"name", "sid"} and migrated["objective"]["sid"]["alpha"] == 1.5
+  new["objective"]["sid"]["alpha"] = 1.5
+  assert migrated == new
+  rebuilt = ml_collections.ConfigDict(migrated)
+  assert objectives.build(rebuilt, DataSpec("x", (2,), 0)).name == "sid"
 
 
 @pytest.mark.parametrize("override,named", [("--config.data.batch_szie=3", "batch_szie"),

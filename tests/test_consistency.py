@@ -50,7 +50,7 @@ def _perturbed(params, seed=0, scale=0.3):
 @pytest.mark.parametrize("sigma_min", [0.002, 0.003])
 def test_f_at_sigma_min_is_exactly_the_identity(sigma_min):
   config, dataset, _, _, state, _ = _setup("cd")
-  net = nets.build_denoiser(config.network, dataset.spec)
+  net = nets.Network.from_module(nets.build_denoiser(config.network, dataset.spec))
   f = cm.preconditioned_apply_fn(net, "consistency", 0.5, sigma_min)
   params = _perturbed(state.params["generator"])
   x = 3.0 * jax.random.normal(jax.random.key(1), (16, 2))
@@ -76,7 +76,7 @@ def test_student_parameters_are_the_denoisers_parameters():
   """The consistency network is the teacher's Denoiser under other coefficients: same tree, so CD and ECT can
   start from the teacher, and with 'edm' coefficients it computes exactly the Denoiser."""
   config, dataset, _, _, state, _ = _setup("ect")
-  net = nets.build_denoiser(config.network, dataset.spec)
+  net = nets.Network.from_module(nets.build_denoiser(config.network, dataset.spec))
   params = _perturbed(state.params["generator"])
   x, sigma = jax.random.normal(jax.random.key(3), (8, 2)), jnp.linspace(0.01, 50.0, 8)
   g = cm.preconditioned_apply_fn(net, "edm", 0.5)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gendistill.diffusion import noise, precond, samplers
+from gendistill.diffusion import guidance, noise, precond, samplers
 from gendistill.teachers import analytic, gaussian_mixture
 
 
@@ -100,9 +100,11 @@ def test_stochastic_heun_keeps_the_gaussian_variance():
 
 def test_classifier_free_guidance_formula():
   x = jax.random.normal(jax.random.key(0), (4, 3))
-  cond = lambda x, sigma, drop: jnp.where(drop[:, None], 2.0 * x, 5.0 * x + 1.0)
+  labels = jax.nn.one_hot(jnp.array([0, 1, 1, 0]), 2)
+  # The unconditional input is the zero one-hot: 2x; the conditional one 5x + 1.
+  net = lambda params, x, sigma, labels: jnp.where(jnp.sum(labels, 1, keepdims=True) > 0, 5.0 * x + 1.0, 2.0 * x)
   for w in [1.0, 1.5, 4.5]:
-    out = samplers.guided(cond, w)(x, jnp.ones(4))
+    out = guidance.bind_denoiser(net, None, labels, w)(x, jnp.ones(4))
     np.testing.assert_allclose(out, 2.0 * x + w * (5.0 * x + 1.0 - 2.0 * x), rtol=1e-6)
 
 
@@ -164,3 +166,20 @@ def test_heun_with_exact_mixture_denoiser_reproduces_the_mixture(num_steps, mean
     pts = samples[k == j]
     np.testing.assert_allclose(pts.mean(0), MEANS[j], atol=mean_tol)
     np.testing.assert_allclose(np.cov(pts.T), COVS[j], atol=cov_tol)
+
+
+def test_grid_and_analytic_teacher_follow_the_enabled_precision():
+  """With float64 enabled the Karras grid and the exact denoiser are float64 and agree with numpy in float64
+  (a float32 grid moved a 5-step float64 Heun run by 2e-4 against the official sampler)."""
+  i = np.arange(5, dtype=np.float64)
+  ref = (80.0 ** (1 / 7) + i / 4 * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
+  with jax.enable_x64(True):
+    grid = samplers.karras_sigmas(5)
+    assert grid.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(grid[:-1]), ref, rtol=1e-13)
+    s2, sigma, y = 0.3, 0.7, np.array([[0.1234567, -2.0]])
+    params = analytic.mixture_params([1.0], [[0.0, 0.0]], [np.eye(2) * s2])
+    out = analytic.gmm_denoise(params, jnp.asarray(y), sigma)
+    assert out.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(out), s2 / (s2 + sigma**2) * y, rtol=1e-13)
+  assert samplers.karras_sigmas(5).dtype == jnp.float32

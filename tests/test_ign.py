@@ -179,6 +179,6 @@ def test_train_step_and_refinement_sampling(toy_objective):
   rng = jax.random.key(5)
   one = objective.sample(new_state, rng, 7, None, 1)
   three = objective.sample(new_state, rng, 7, None, 3)
-  project = ign.projector(config, dataset.spec)
+  project = ign.projector(objectives.networks_for(config, dataset.spec)["generator"], config.objective.ign)
   params = new_state.ema["generator"]
   np.testing.assert_allclose(three, project(params, project(params, one)), rtol=1e-5, atol=1e-6)

@@ -9,6 +9,7 @@ from configs import base as base_config
 from gendistill import data as data_lib
 from gendistill import objectives
 from gendistill import teachers
+from gendistill.diffusion import guidance
 from gendistill.objectives import diff_instruct, dmd, score_common, sid
 from gendistill.objectives.base import example_batch
 
@@ -393,9 +394,9 @@ def test_guided_apply_is_cfg_and_shares_one_pair_of_calls_for_several_scales():
   labels = jnp.eye(3)
   cond, uncond = net(2.0, x, sigma, labels), net(2.0, x, sigma, jnp.zeros_like(labels))
   calls.clear()
-  out2, out3 = score_common.guided_apply(net, 2.0, x, sigma, labels, (1.5, 3.0))
+  out2, out3 = guidance.guided_apply(net, 2.0, x, sigma, labels, (1.5, 3.0))
   assert calls == [6]   # one batched call for both scales
   np.testing.assert_allclose(out2, uncond + 1.5 * (cond - uncond))
   np.testing.assert_allclose(out3, uncond + 3.0 * (cond - uncond))
-  np.testing.assert_allclose(score_common.guided_apply(net, 2.0, x, sigma, labels, 1.0), cond)
-  np.testing.assert_allclose(score_common.guided_apply(net, 2.0, x, sigma, None, 4.0), 2.0 * x)  # unconditional
+  np.testing.assert_allclose(guidance.guided_apply(net, 2.0, x, sigma, labels, 1.0), cond)
+  np.testing.assert_allclose(guidance.guided_apply(net, 2.0, x, sigma, None, 4.0), 2.0 * x)  # unconditional

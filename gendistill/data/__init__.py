@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grain
+import ml_collections
 import numpy as np
 
 from gendistill.data import digits as digits_lib
@@ -47,7 +48,12 @@ DEFAULTS = dict(
     conditional=False,
 )
 
-__all__ = ["DataSpec", "Dataset", "GaussianMixture", "build", "NAMES", "DEFAULTS"]
+__all__ = ["DataSpec", "Dataset", "GaussianMixture", "build", "data_config", "NAMES", "DEFAULTS"]
+
+
+def data_config():
+  """The `data` config section with the defaults above (the one place they are written)."""
+  return ml_collections.ConfigDict(dict(DEFAULTS))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

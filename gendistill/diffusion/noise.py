@@ -46,3 +46,11 @@ def training_noise(kind: str):
   if kind not in TRAINING_NOISE:
     raise ValueError(f"Unknown training noise {kind!r}; expected one of {sorted(TRAINING_NOISE)}.")
   return TRAINING_NOISE[kind]
+
+
+def training_sigma(kind: str, rng, n, p_mean=-1.2, p_std=1.2):
+  """Training noise levels [n] of `kind`; p_mean and p_std are the log-normal's (edm) and unused otherwise."""
+  sample_sigma, _ = training_noise(kind)
+  if kind == "edm":
+    return sample_sigma(rng, n, p_mean, p_std)
+  return sample_sigma(rng, n)

@@ -1,23 +1,40 @@
 """Deterministic and stochastic samplers over the EDM ODE dx/dsigma = (x - D(x; sigma)) / sigma.
 
 A `denoise_fn(x, sigma)` takes x [N, ...] and sigma [N] and returns D(x; sigma). Labels and guidance are
-bound by the caller (see `guided`), so the samplers know nothing about networks.
+bound by the caller (see gendistill.diffusion.guidance), so the samplers know nothing about networks.
 """
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from gendistill.diffusion.noise import expand
 
 DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
+def sampler_config() -> ml_collections.ConfigDict:
+  """The `sampler` config section: Heun/Euler sampling with a diffusion model (EDM Algorithm 2), also the
+  teacher's ODE solver in distillation."""
+  return ml_collections.ConfigDict(dict(
+      num_steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0,
+      s_churn=0.0, s_min=0.0, s_max=float("inf"), s_noise=1.0, guidance=1.0))
+
+
+def karras_sigma(u, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+  """The rho-warped noise level at position u in [0, 1] of the Karras grid: u = 0 gives sigma_max, u = 1
+  sigma_min. The one place of the formula: u may be a Python float (static levels), a traced array (curricula,
+  SiD's uniform draw) or a grid of positions."""
+  hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+  return (hi + u * (lo - hi)) ** rho
+
+
 def karras_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0):
-  """t_0 > ... > t_{N-1} on the rho-warped grid, then t_N = 0 (EDM Algorithm 1/2)."""
-  i = jnp.arange(num_steps, dtype=jnp.float32)
-  denom = max(num_steps - 1, 1)
-  t = (sigma_max ** (1 / rho) + i / denom * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+  """t_0 > ... > t_{N-1} on the rho-warped grid, then t_N = 0 (EDM Algorithm 1/2), in the default float
+  precision (float64 when jax_enable_x64 is on)."""
+  i = jnp.arange(num_steps, dtype=float)
+  t = karras_sigma(i / max(num_steps - 1, 1), sigma_min, sigma_max, rho)
   return jnp.concatenate([t, jnp.zeros((1,), t.dtype)])
 
 
@@ -70,22 +87,7 @@ def euler_sampler(denoise_fn: DenoiseFn, noise, num_steps=18, sigma_min=0.002, s
                       second_order=False)
 
 
-def guided(denoise_cond: Callable, scale) -> DenoiseFn:
-  """Classifier-free guidance: D_w = D(x; empty) + w (D(x; c) - D(x; empty)).
-
-  `denoise_cond(x, sigma, drop_labels)` evaluates the conditional (drop_labels False) or unconditional model.
-  Both calls run as one batch. scale = 1 is the plain conditional model.
-  """
-  def fn(x, sigma):
-    n = x.shape[0]
-    both = denoise_cond(jnp.concatenate([x, x]), jnp.concatenate([sigma, sigma]),
-                        jnp.concatenate([jnp.zeros((n,), bool), jnp.ones((n,), bool)]))
-    d_cond, d_uncond = both[:n], both[n:]
-    return d_uncond + scale * (d_cond - d_uncond)
-  return fn
-
-
-__all__ = ["karras_sigmas", "heun_sampler", "euler_sampler", "guided", "heun_nfe", "expand"]
+__all__ = ["sampler_config", "karras_sigma", "karras_sigmas", "heun_sampler", "euler_sampler", "heun_nfe", "expand"]
 
 
 # ------------------------------------------------------------------------------------------------------------

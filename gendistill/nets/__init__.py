@@ -1,4 +1,8 @@
-"""Flax networks behind one contract (see denoiser.py). `build_denoiser` turns a config section into a module.
+"""Flax networks behind one contract (see denoiser.py).
+
+`build_networks` is the one adapter from config sections to the `Network`s an objective receives (one per role);
+`build_backbone` is the one place `network.kind` selects an architecture (where a converted teacher's
+architecture plugs in too).
 
 Compute switches of the `network` section, applied to every network built here:
   dtype  'float32' | 'bfloat16': the activations' dtype; parameters (and the mapping/embedding layers, norms'
@@ -8,12 +12,17 @@ Compute switches of the `network` section, applied to every network built here:
          one network's activations at a time); 'dots' keeps convolution and matmul outputs and recomputes the
          elementwise work (norms, activations). Results are unchanged; parameter paths are unchanged.
 """
+from typing import Dict, Mapping, Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gendistill.nets.denoiser import Denoiser, one_hot_labels
+from gendistill.nets import discriminator
+from gendistill.nets import mlp
+from gendistill.nets import unet
+from gendistill.nets.denoiser import Denoiser, Network, one_hot_labels
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -21,7 +30,7 @@ REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable, "dots": jax.
 
 
 def compute_dtype(cfg: ml_collections.ConfigDict):
-  name = cfg.get("dtype", "float32")
+  name = cfg.dtype
   if name not in DTYPES:
     raise ValueError(f"network.dtype must be one of {sorted(DTYPES)}, got {name!r}.")
   return DTYPES[name]
@@ -50,9 +59,8 @@ def rematerialised(backbone_cls, policy_name: str):
 def build_backbone(cfg: ml_collections.ConfigDict, spec):
   """Raw backbone F for data of `spec` (gendistill.data.DataSpec) from the `network` config section."""
   dtype = compute_dtype(cfg)
-  remat = cfg.get("remat", "none")
+  remat = cfg.remat
   if cfg.kind == "unet":
-    from gendistill.nets import unet  # pylint: disable=g-import-not-at-top
     height, width, channels = spec.shape
     if height != width:
       raise ValueError(f"The UNet needs square images; got {spec.shape}.")
@@ -63,7 +71,6 @@ def build_backbone(cfg: ml_collections.ConfigDict, spec):
         attn_resolutions=tuple(cfg.attn_resolutions), dropout=cfg.dropout, label_dropout=cfg.label_dropout,
         embedding_type=cfg.embedding_type, dtype=dtype)
   if cfg.kind == "mlp":
-    from gendistill.nets import mlp  # pylint: disable=g-import-not-at-top
     if len(spec.shape) != 1:
       raise ValueError(f"The MLP takes vectors; got per-sample shape {spec.shape}.")
     cls = mlp.MLP if remat == "none" else rematerialised(mlp.MLP, remat)
@@ -77,4 +84,43 @@ def build_denoiser(cfg: ml_collections.ConfigDict, spec) -> Denoiser:
                   sigma_data=cfg.sigma_data)
 
 
-__all__ = ["Denoiser", "build_backbone", "build_denoiser", "compute_dtype", "one_hot_labels", "rematerialised"]
+# Kinds of role networks an objective may ask for (see build_networks).
+DENOISER = "denoiser"
+CRITIC = "critic"
+FEATURE_HEAD = "feature_head"
+KINDS = (DENOISER, CRITIC, FEATURE_HEAD)
+
+
+def build_networks(network_cfg: ml_collections.ConfigDict, spec, roles: Mapping[str, str],
+                   critic_cfg: Optional[ml_collections.ConfigDict] = None) -> Dict[str, Network]:
+  """The role networks of a run: `roles` maps each role to a kind.
+
+    'denoiser'      the preconditioned Denoiser of the `network` section (for distillation the teacher's
+                    architecture, so the students can start from its parameters); all such roles share it
+    'critic'        a critic of the objective's `critic` section (`discriminator.build_critic`)
+    'feature_head'  DMD2's classifier head on the denoiser's bottleneck features: a conv head for images, an
+                    MLP of the `critic` section's width and depth for vectors
+  """
+  out, denoiser = {}, None
+  for role, kind in roles.items():
+    if kind == DENOISER:
+      if denoiser is None:
+        denoiser = Network.from_module(build_denoiser(network_cfg, spec))
+      out[role] = denoiser
+    elif kind in (CRITIC, FEATURE_HEAD):
+      if critic_cfg is None:
+        raise ValueError(f"The {role!r} network ({kind}) needs the objective's `critic` config section.")
+      if kind == CRITIC:
+        module = discriminator.build_critic(critic_cfg, spec)
+      elif len(spec.shape) == 3:
+        module = discriminator.BottleneckHead()
+      else:
+        module = discriminator.MLPCritic(hidden=critic_cfg.hidden, depth=critic_cfg.depth)
+      out[role] = Network(init=module.init, apply=module.apply)
+    else:
+      raise ValueError(f"Unknown network kind {kind!r} for role {role!r}; expected one of {KINDS}.")
+  return out
+
+
+__all__ = ["Denoiser", "Network", "build_backbone", "build_denoiser", "build_networks", "compute_dtype",
+           "one_hot_labels", "rematerialised", "DENOISER", "CRITIC", "FEATURE_HEAD"]

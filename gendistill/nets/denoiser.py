@@ -1,9 +1,11 @@
 """The network contract: a preconditioned denoiser D(x; sigma, labels) around any raw backbone F.
 
 `Denoiser.apply(params, x, sigma, labels, train=..., rngs=...) -> D(x; sigma)`. Teacher, fake score, generator
-and consistency student all use this one calling convention; objectives only ever see apply functions.
+and consistency student all use this one calling convention. Objectives receive their networks as `Network`s
+(init and apply functions), never modules or config sections.
 """
-from typing import Any
+import dataclasses
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -37,14 +39,45 @@ def one_hot_labels(labels: Any, num_classes: int, drop=None):
   return onehot
 
 
-def bind_denoiser(apply_fn, params, labels=None, guidance=1.0):
-  """A sampler's `denoise_fn(x, sigma)` from a network apply function, one-hot labels and a CFG scale.
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """One role's network, as an objective receives it.
 
-  guidance = 1 (or no labels) is the plain model; otherwise D(empty) + w (D(c) - D(empty)), as one batch.
+  init(rng, x, sigma, labels) -> params
+  apply(params, x, sigma, labels=None, train=False, rngs=None, return_features=False) -> D(x; sigma), or
+      (D, features) with return_features (SiDA's and DMD2's discriminators read the bottleneck features)
+  sigma_data: the data standard deviation its preconditioning assumes (EDM weighting of the losses).
+  apply_backbone(params, x_in, c_noise, labels, train=False, rngs=None) -> the raw network F on the same
+      parameters, for objectives that put a denoiser's backbone under their own coefficients (consistency
+      models); None when the network has no separate backbone.
+  Critics and heads use the same struct with their own call signatures (init/apply of their Flax module).
   """
-  if labels is None or guidance == 1.0:
-    return lambda x, sigma: apply_fn(params, x, sigma, labels)
-  from gendistill.diffusion.samplers import guided  # pylint: disable=g-import-not-at-top
+  init: Callable
+  apply: Callable
+  sigma_data: float = 0.5
+  apply_backbone: Optional[Callable] = None
 
-  both = jnp.concatenate([labels, labels])
-  return guided(lambda x, sigma, drop: apply_fn(params, x, sigma, jnp.where(drop[:, None], 0.0, both)), guidance)
+  @classmethod
+  def from_module(cls, module: nn.Module, sigma_data: Optional[float] = None) -> "Network":
+    """The network-contract functions of a Flax module called as module(x, sigma, labels, train=...[,
+    return_features=True]); a `Denoiser` also gives its backbone and its sigma_data."""
+    def apply(params, x, sigma, labels=None, train=False, rngs=None, return_features=False):
+      extra = dict(return_features=True) if return_features else {}
+      return module.apply(params, x, sigma, labels, train=train, rngs=rngs, **extra)
+
+    def init(rng, x, sigma, labels=None):
+      return module.init(rng, x, sigma, labels)
+
+    backbone = None
+    if isinstance(module, Denoiser):
+      def backbone(params, x_in, c_noise, labels=None, train=False, rngs=None):
+        call = lambda m, *args: m.backbone(*args, train=train)
+        return module.apply(params, x_in, c_noise, labels, method=call, rngs=rngs)
+      sigma_data = module.sigma_data if sigma_data is None else sigma_data
+    return cls(init=init, apply=apply, sigma_data=0.5 if sigma_data is None else sigma_data,
+               apply_backbone=backbone)
+
+  @classmethod
+  def from_functions(cls, init: Callable, apply: Callable, sigma_data: float = 0.5) -> "Network":
+    """A network from a user's init/apply pair (e.g. a closed-form denoiser with init returning its constants)."""
+    return cls(init=init, apply=apply, sigma_data=sigma_data)

@@ -96,16 +96,15 @@ def distillation_loss(x_hat, teacher_fn, rng, labels, *, t_min=0.0, t_max=1.0, s
   return jnp.mean(weight * sc.per_sample_mean((x_hat - target) ** 2)), sigma
 
 
-@register("add", default_config)
-def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  cfg = config.objective.add
+@register("add", default_config, adversarial.ROLES)
+def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
   if cfg.loss not in gan.LOSSES:
     raise ValueError(f"Unknown objective.add.loss {cfg.loss!r}; expected one of {gan.LOSSES}.")
-  net, apply_fn = sc.build_network(config, spec)
-  critic = discriminator.build_critic(cfg.critic, spec)
+  net, critic = networks[G], networks[C]
+  apply_fn = net.apply
   tx_g = state_lib.make_optimizer(cfg.generator_optimizer)
   tx_c = state_lib.make_optimizer(cfg.critic_optimizer)
-  ema_decay = state_lib.ema_decay_fn(cfg.ema, config.data.batch_size)
+  ema_decay = state_lib.ema_decay_fn(cfg.ema, run.batch_size)
   sigmas = student_sigmas(cfg)
   sigmas_arr = jnp.asarray(sigmas, jnp.float32)
 
@@ -127,7 +126,7 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
     x_s, sigma_s = student_input(rng_in, x0)
     x_hat = apply_fn(state.params[G], x_s, sigma_s, labels)
     state, metrics = adversarial.critic_update(state, critic, tx_c, x0, x_hat, labels, rng_critic, cfg=cfg,
-                                               batch_size=config.data.batch_size)
+                                               batch_size=run.batch_size)
     p = state.extra.get("diffusion_p", jnp.zeros((), jnp.float32))
     teacher_fn = lambda x, sigma, labels: teacher(x, sigma, labels)
 

@@ -27,7 +27,7 @@ import ml_collections
 
 from gendistill import state as state_lib
 from gendistill.nets import discriminator
-from gendistill.objectives import base, gan, register
+from gendistill.objectives import base, gan, gating, register
 from gendistill.objectives import score_common as sc
 
 G, C = sc.GENERATOR, sc.CRITIC
@@ -89,6 +89,7 @@ def generator_adversarial_loss(critic, critic_params, fake, labels, rng, p, *, c
 
 
 def init_state(rng, batch, teacher, *, spec, net, critic, cfg, tx_g, tx_c):
+  """net, critic: the generator's and the critic's Networks."""
   """Generator (from the teacher when allowed) + critic + EMA of the generator + instance-noise p."""
   x, labels = base.batch_inputs(batch, spec)
   rng_g, rng_c, rng_state = jax.random.split(rng, 3)
@@ -100,14 +101,12 @@ def init_state(rng, batch, teacher, *, spec, net, critic, cfg, tx_g, tx_c):
   return state_lib.create(rng_state, {G: params_g, C: params_c}, {G: tx_g, C: tx_c}, ema_roles=(G,), extra=extra)
 
 
-def generator_turn(step, critic_steps: int):
-  """Whether this step updates the generator; the Python True when every step does (critic_steps <= 1)."""
-  if int(critic_steps) <= 1:
-    return True
-  return jnp.asarray(step) % int(critic_steps) == int(critic_steps) - 1
+def generator_turn(step, critic_steps: int) -> gating.Gate:
+  """The generator updates on the last of every `critic_steps` steps (every step when critic_steps <= 1)."""
+  return gating.gate(step, every=critic_steps, offset=int(critic_steps) - 1)
 
 
-def gated_generator_update(state, turn, loss_fn, tx, ema_decay, metric_names):
+def gated_generator_update(state, turn: gating.Gate, loss_fn, tx, ema_decay, metric_names):
   """If `turn`: grad of loss_fn(params_g) -> (loss, aux metrics), optimizer step and EMA; else nothing at all.
 
   `metric_names` lists the aux metric keys, so the skipped branch can return zeros of the same structure.
@@ -122,21 +121,21 @@ def gated_generator_update(state, turn, loss_fn, tx, ema_decay, metric_names):
     names = (f"{G}/loss", *metric_names, f"{G}/grad_norm", f"{G}/skipped_nonfinite")
     return state, {k: jnp.zeros((), jnp.float32) for k in names}
 
-  if turn is True:   # no lax.cond: on XLA:CPU a network step inside a cond branch runs several times slower
-    return update(state)
-  return jax.lax.cond(turn, update, skip, state)
+  return gating.update(turn, update, skip, state)
 
 
-@register("adversarial", default_config)
-def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  cfg = config.objective.adversarial
+ROLES = {G: "denoiser", C: "critic"}
+
+
+@register("adversarial", default_config, ROLES)
+def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
   gan._check_kind(cfg.loss)  # pylint: disable=protected-access
-  net, apply_fn = sc.build_network(config, spec)
-  critic = discriminator.build_critic(cfg.critic, spec)
+  net, critic = networks[G], networks[C]
+  apply_fn = net.apply
   tx_g = state_lib.make_optimizer(cfg.generator_optimizer)
   tx_c = state_lib.make_optimizer(cfg.critic_optimizer)
-  ema_decay = state_lib.ema_decay_fn(cfg.ema, config.data.batch_size)
-  batch_size = config.data.batch_size
+  ema_decay = state_lib.ema_decay_fn(cfg.ema, run.batch_size)
+  batch_size = run.batch_size
   sigma_g = cfg.generator_sigma
 
   def init(rng, batch, teacher=None):

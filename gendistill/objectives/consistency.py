@@ -3,9 +3,9 @@ tuning). ALGORITHMS.md section 6; one builder, four registered configs.
 
 Parameterisation. f(x, t) = c_skip(t) x + c_out(t) F(c_in(t) x; c_noise(t)) with the consistency coefficients
 of `precond.consistency` (c_skip = sd^2/((t - sigma_min)^2 + sd^2), c_out = sd (t - sigma_min)/sqrt(sd^2 + t^2)),
-so f(x, sigma_min) = x exactly. F is the backbone of `config.network` (the teacher's architecture, so CD and ECT
-can start from the teacher's parameters: the same backbone under other coefficients); the coefficients are the
-method's own, so `config.network.preconditioning` is not used here.
+so f(x, sigma_min) = x exactly. F is the backbone of the received network (the teacher's architecture, so CD and
+ECT can start from the teacher's parameters: the same backbone under other coefficients); the coefficients are
+the method's own, so the network's own preconditioning is not used here.
 
 One step (all methods): draw a pair of noise levels t > r and one noise z; x_t = x + t z;
   cd   x_r = one teacher Heun (or Euler) step of dx/dt = (x - D(x; t))/t from t to r  (grid t_n -> t_{n+1});
@@ -38,25 +38,26 @@ Where paper and official code differ (the official code is the default; the swit
 - ect: the ImageNet branch weights by EDM's lambda(t) (`weighting='edm'`) instead of 1/(t - r).
 - iCT has no released code: its schedules follow the paper.
 """
+import dataclasses
 import functools
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gendistill import sharding
 from gendistill import state as state_lib
 from gendistill.diffusion import precond
 from gendistill.diffusion import samplers
 from gendistill.diffusion.noise import expand
 from gendistill.objectives import base, register
 from gendistill.objectives import score_common as sc
+from gendistill.sharding.accumulation import accumulate_gradients
 
 G = sc.GENERATOR
 TARGET = "target"
 sg = jax.lax.stop_gradient
-METHODS = ("cd", "ct", "ict", "ect")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -136,9 +137,13 @@ def ect_config() -> ml_collections.ConfigDict:
 # The parameterisation.
 
 
-def preconditioned_apply_fn(net, kind: str, sigma_data: float, sigma_min: float = 0.002):
-  """The network contract's apply function for `net` (a `nets.Denoiser`, whose parameters it takes as they are)
-  with its backbone under `kind` coefficients: 'consistency' (boundary condition at sigma_min) or 'edm'."""
+def preconditioned_apply_fn(network, kind: str, sigma_data: float, sigma_min: float = 0.002):
+  """The network contract's apply function for `network` (a `nets.Network` with a backbone, whose parameters
+  it takes as they are) with its backbone under `kind` coefficients: 'consistency' (boundary condition at
+  sigma_min) or 'edm'."""
+  if network.apply_backbone is None:
+    raise ValueError("Consistency models need a network with a separate backbone (Network.apply_backbone), e.g. "
+                     "Network.from_module of a nets.Denoiser.")
   if kind == "consistency":
     coefficients = functools.partial(precond.consistency, sigma_data=sigma_data, sigma_min=sigma_min)
   elif kind == "edm":
@@ -146,14 +151,11 @@ def preconditioned_apply_fn(net, kind: str, sigma_data: float, sigma_min: float 
   else:
     raise ValueError(f"preconditioning must be 'consistency' or 'edm'; got {kind!r}.")
 
-  def call(module, x, sigma, labels, train):
+  def apply_fn(params, x, sigma, labels=None, train=False, rngs=None):
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
     c = coefficients(sigma)
-    raw = module.backbone(expand(c.c_in, x) * x, c.c_noise, labels, train=train)
+    raw = network.apply_backbone(params, expand(c.c_in, x) * x, c.c_noise, labels, train=train, rngs=rngs)
     return expand(c.c_skip, x) * x + expand(c.c_out, x) * raw.astype(jnp.float32)
-
-  def apply_fn(params, x, sigma, labels=None, train=False, rngs=None):
-    return net.apply(params, x, sigma, labels, train, method=call, rngs=rngs)
   return apply_fn
 
 
@@ -165,8 +167,7 @@ def karras_sigma(n, num_scales, sigma_min=0.002, sigma_max=80.0, rho=7.0):
   """t_n of the N-point grid from sigma_max (n = 0) down to sigma_min (n = N - 1); n and N may be traced."""
   n = jnp.asarray(n, jnp.float32)
   num = jnp.asarray(num_scales, jnp.float32)
-  lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-  return (hi + n / (num - 1) * (lo - hi)) ** rho
+  return samplers.karras_sigma(n / (num - 1), sigma_min, sigma_max, rho)
 
 
 def ct_schedule(step, total_steps, start_scales=2, end_scales=150, start_ema=0.9, paper_mu=False):
@@ -288,27 +289,85 @@ def sample_sigmas(cfg, steps):
   listed = tuple(float(s) for s in cfg.sample_sigmas)
   if steps <= len(listed):
     return listed[:steps]
-  lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
-  return tuple((hi + i / steps * (lo - hi)) ** cfg.rho for i in range(steps))   # python floats: static
+  return tuple(samplers.karras_sigma(i / steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)   # python floats: static
+               for i in range(steps))
 
 
-def _build(config: ml_collections.ConfigDict, spec, name: str) -> base.Objective:
-  cfg = config.objective[name]
-  net, _ = sc.build_network(config, spec)
-  sigma_data = config.network.sigma_data
-  sample_apply = preconditioned_apply_fn(net, "consistency", sigma_data, cfg.sigma_min)
-  train_apply = (preconditioned_apply_fn(net, cfg.train_preconditioning, sigma_data, cfg.sigma_min)
-                 if name == "ect" else sample_apply)
+# Each method's noise levels: levels(cfg, total_steps, rng, step, n) -> (t [n], r [n], target EMA mu, info).
+
+
+def _grid(cfg, idx, num_scales):
+  return (karras_sigma(idx, num_scales, cfg.sigma_min, cfg.sigma_max, cfg.rho),
+          karras_sigma(idx + 1, num_scales, cfg.sigma_min, cfg.sigma_max, cfg.rho))
+
+
+def cd_levels(cfg, total_steps, rng, step, n):
+  del total_steps, step
+  num_scales = jnp.asarray(cfg.num_scales, jnp.int32)
+  t, r = _grid(cfg, jax.random.randint(rng, (n,), 0, num_scales - 1), num_scales)
+  return t, r, jnp.asarray(cfg.target_ema, jnp.float32), {"num_scales": num_scales}
+
+
+def ct_levels(cfg, total_steps, rng, step, n):
+  num_scales, mu = ct_schedule(step, total_steps, cfg.start_scales, cfg.end_scales, cfg.start_ema, cfg.paper_mu)
+  t, r = _grid(cfg, jax.random.randint(rng, (n,), 0, num_scales - 1), num_scales)
+  return t, r, mu, {"num_scales": num_scales}
+
+
+def ict_levels(cfg, total_steps, rng, step, n):
+  num_scales = ict_num_scales(step, total_steps, cfg.start_scales, cfg.end_scales)
+  log_p = ict_pair_log_probs(num_scales, cfg.end_scales + 1, cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.p_mean,
+                             cfg.p_std)
+  t, r = _grid(cfg, jax.random.categorical(rng, log_p, shape=(n,)), num_scales)
+  return t, r, jnp.zeros((), jnp.float32), {"num_scales": num_scales}
+
+
+def ect_levels(cfg, total_steps, rng, step, n):
+  del total_steps
+  t = jnp.exp(cfg.p_mean + cfg.p_std * jax.random.normal(rng, (n,)))
+  stage = ect_stage(step, cfg.stage_steps)
+  return t, ect_r(t, stage, cfg.q, cfg.k, cfg.b), jnp.zeros((), jnp.float32), {"stage": stage}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """What distinguishes the four methods; everything else is shared."""
+  levels: Callable                      # see cd_levels
+  target: Callable                      # cfg -> 'online' (sg[theta]) | 'ema' (target_ema) | 'adaptive' (ct's mu(k))
+  distils: bool = False                 # x_r from a teacher ODE step (cd), else x + r z with the same z
+  data_target_at_zero: bool = False     # ect: the target is x where r = 0
+  renoise_min: Callable = lambda cfg: cfg.sigma_min                  # the multistep sampler's re-noising floor
+  train_preconditioning: Callable = lambda cfg: "consistency"        # the coefficients while training
+  total_steps: Callable = lambda cfg, num_steps: num_steps           # K of a curriculum
+
+
+_CURRICULUM_STEPS = lambda cfg, num_steps: int(cfg.total_steps or num_steps)   # total_steps 0 = the run's length
+METHOD_TABLE = {
+    "cd": Method(cd_levels, target=lambda cfg: cfg.target, distils=True),
+    "ct": Method(ct_levels, target=lambda cfg: "adaptive", total_steps=_CURRICULUM_STEPS),
+    "ict": Method(ict_levels, target=lambda cfg: "online", total_steps=_CURRICULUM_STEPS),
+    "ect": Method(ect_levels, target=lambda cfg: "online", data_target_at_zero=True, renoise_min=lambda cfg: 0.0,
+                  train_preconditioning=lambda cfg: cfg.train_preconditioning),
+}
+
+
+def _build(cfg, networks, spec, run: base.RunFacts, name: str) -> base.Objective:
+  method = METHOD_TABLE[name]
+  network = networks[G]
+  sigma_data = network.sigma_data
+  sample_apply = preconditioned_apply_fn(network, "consistency", sigma_data, cfg.sigma_min)
+  train_kind = method.train_preconditioning(cfg)
+  train_apply = (sample_apply if train_kind == "consistency"
+                 else preconditioned_apply_fn(network, train_kind, sigma_data, cfg.sigma_min))
   tx = state_lib.make_optimizer(cfg.optimizer)
-  ema_decay = state_lib.ema_decay_fn(cfg.ema, config.data.batch_size)
-  microbatches = config.train.get("microbatches", 1)
-  total_steps = int(cfg.get("total_steps", 0) or config.train.num_steps)
-  target_mode = {"cd": cfg.get("target"), "ct": "adaptive"}.get(name, "online")
+  ema_decay = state_lib.ema_decay_fn(cfg.ema, run.batch_size)
+  total_steps = method.total_steps(cfg, run.num_steps)
+  target_mode = method.target(cfg)
   if target_mode not in ("online", "ema", "adaptive"):
     raise ValueError(f"objective.{name}.target must be 'online' or 'ema'; got {target_mode!r}.")
   keeps_target = target_mode != "online"
-  grid = functools.partial(karras_sigma, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho)
-  renoise_min = 0.0 if name == "ect" else cfg.sigma_min
+  solver = cfg.solver if method.distils else None
+  renoise_min = method.renoise_min(cfg)
   # Validate the static switches once, at build time.
   distance(jnp.zeros((1, 1)), cfg.distance, cfg.huber_c)
   pair_weight(jnp.ones(1), jnp.zeros(1), cfg.weighting, sigma_data)
@@ -316,57 +375,31 @@ def _build(config: ml_collections.ConfigDict, spec, name: str) -> base.Objective
   def init(rng, batch, teacher=None):
     x, labels = base.batch_inputs(batch, spec)
     rng_net, state_rng = jax.random.split(rng)
-    params, _ = sc.init_from_teacher(net, rng_net, x, labels, teacher, cfg.init)
+    params, _ = sc.init_from_teacher(network, rng_net, x, labels, teacher, cfg.init)
     extra = {TARGET: jax.tree.map(jnp.copy, params)} if keeps_target else {}
     return state_lib.create(state_rng, {G: params}, {G: tx}, ema_roles=(G,), extra=extra)
 
-  def noise_levels(rng, step, n):
-    """(t [n], r [n], target EMA mu, info metrics) of this step."""
-    info = {}
-    mu = jnp.asarray(cfg.get("target_ema", 0.0), jnp.float32)
-    if name == "ect":
-      t = jnp.exp(cfg.p_mean + cfg.p_std * jax.random.normal(rng, (n,)))
-      stage = ect_stage(step, cfg.stage_steps)
-      info["stage"] = stage
-      return t, ect_r(t, stage, cfg.q, cfg.k, cfg.b), mu, info
-    if name == "cd":
-      num_scales = jnp.asarray(cfg.num_scales, jnp.int32)
-      idx = jax.random.randint(rng, (n,), 0, num_scales - 1)
-    elif name == "ct":
-      num_scales, mu = ct_schedule(step, total_steps, cfg.start_scales, cfg.end_scales, cfg.start_ema,
-                                   cfg.paper_mu)
-      idx = jax.random.randint(rng, (n,), 0, num_scales - 1)
-    else:   # ict
-      num_scales = ict_num_scales(step, total_steps, cfg.start_scales, cfg.end_scales)
-      log_p = ict_pair_log_probs(num_scales, cfg.end_scales + 1, cfg.sigma_min, cfg.sigma_max, cfg.rho,
-                                 cfg.p_mean, cfg.p_std)
-      idx = jax.random.categorical(rng, log_p, shape=(n,))
-    info["num_scales"] = num_scales
-    return grid(idx, num_scales), grid(idx + 1, num_scales), mu, info
-
   def loss_fn(params, mb, rng_dropout, target_params, teacher):
     teacher_fn = None
-    if name == "cd":
+    if method.distils:
       teacher_fn = lambda y, s: teacher.apply_fn(teacher.params, y, s, mb["labels"])
     return consistency_loss(
         train_apply, params, target_params, mb["x"], mb["labels"], mb["z"], mb["t"], mb["r"], rng_dropout,
-        teacher_fn=teacher_fn, solver=cfg.get("solver", "heun"), distance_kind=cfg.distance,
-        huber_c=cfg.huber_c, weighting=cfg.weighting, sigma_data=sigma_data,
-        data_target_at_zero=(name == "ect"))[0]
+        teacher_fn=teacher_fn, solver=solver, distance_kind=cfg.distance, huber_c=cfg.huber_c,
+        weighting=cfg.weighting, sigma_data=sigma_data, data_target_at_zero=method.data_target_at_zero)[0]
 
   def train_step(state, batch, teacher=None):
-    if name == "cd" and teacher is None:
+    if method.distils and teacher is None:
       raise ValueError("Consistency distillation needs a teacher (config.teacher).")
     x, labels = base.batch_inputs(batch, spec)
     (rng,) = state.step_rng(G)
     rng_levels, rng_z, rng_dropout = jax.random.split(rng, 3)
     # Per-example randomness for the whole batch first, so that micro-batching leaves the draws unchanged.
-    t, r, mu, info = noise_levels(rng_levels, state.step, x.shape[0])
+    t, r, mu, info = method.levels(cfg, total_steps, rng_levels, state.step, x.shape[0])
     mb = dict(x=x, labels=labels, z=jax.random.normal(rng_z, x.shape, x.dtype), t=t, r=r)
     target_params = state.extra[TARGET] if keeps_target else None
-    loss, grads = sharding.accumulate_gradients(loss_fn, state.params[G], mb, rng_dropout, target_params,
-                                                teacher if name == "cd" else None,
-                                                num_microbatches=microbatches)
+    loss, grads = accumulate_gradients(loss_fn, state.params[G], mb, rng_dropout, target_params,
+                                       teacher if method.distils else None, num_microbatches=run.microbatches)
     state, metrics = state_lib.apply_gradients(state, G, grads, tx)
     new = state.params[G]
     extra = dict(state.extra)
@@ -390,24 +423,9 @@ def _build(config: ml_collections.ConfigDict, spec, name: str) -> base.Objective
     return samplers.consistency_sampler(fn, z, sample_sigmas(cfg, steps or 1), rng_steps, renoise_min)
 
   return base.Objective(name=name, init=init, train_step=train_step, sample=sample, export_role=G,
-                        apply_fn=sample_apply)
+                        apply_fn=sample_apply, accumulates_gradients=True)
 
 
-@register("cd", cd_config)
-def build_cd(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  return _build(config, spec, "cd")
-
-
-@register("ct", ct_config)
-def build_ct(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  return _build(config, spec, "ct")
-
-
-@register("ict", ict_config)
-def build_ict(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  return _build(config, spec, "ict")
-
-
-@register("ect", ect_config)
-def build_ect(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  return _build(config, spec, "ect")
+ROLES = {G: "denoiser"}
+for _name, _default in (("cd", cd_config), ("ct", ct_config), ("ict", ict_config), ("ect", ect_config)):
+  register(_name, _default, ROLES)(functools.partial(_build, name=_name))

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from gendistill import state as state_lib
-from gendistill.objectives import base, register
+from gendistill.diffusion import losses
+from gendistill.objectives import base, gating, register
 from gendistill.objectives import score_common as sc
 
 G, F = sc.GENERATOR, sc.FAKE_SCORE
@@ -80,35 +81,30 @@ def integral_kl_objective(x_g, sigma, noise, real_fn, fake_fn, *, weighting="non
   return jnp.where(sc.finite_rows(diff), per_sample, 0.0)
 
 
-@register("diff_instruct", default_config)
-def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  cfg = config.objective.diff_instruct
+@register("diff_instruct", default_config, {G: "denoiser", F: "denoiser"})
+def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
   if cfg.weighting not in WEIGHTINGS:
     raise ValueError(f"objective.diff_instruct.weighting must be one of {WEIGHTINGS}; got {cfg.weighting!r}.")
   if cfg.generator_sigma not in SIGMAS:
     raise ValueError(f"objective.diff_instruct.generator_sigma must be one of {SIGMAS}; got {cfg.generator_sigma!r}.")
-  net, apply_fn = sc.build_network(config, spec)
+  net_g, net_f = networks[G], networks[F]
+  apply_g, apply_f = net_g.apply, net_f.apply
   tx = {G: state_lib.make_optimizer(cfg.generator_optimizer), F: state_lib.make_optimizer(cfg.fake_score_optimizer)}
-  ema_decay = state_lib.ema_decay_fn(cfg.ema, config.data.batch_size)
-  sigma_data = config.network.sigma_data
+  ema_decay = state_lib.ema_decay_fn(cfg.ema, run.batch_size)
+  sigma_data = net_f.sigma_data
 
-  def init(rng, batch, teacher=None):
-    x, labels = base.batch_inputs(batch, spec)
-    rng_g, rng_f, state_rng = jax.random.split(rng, 3)
-    params_g, _ = sc.init_from_teacher(net, rng_g, x, labels, teacher, cfg.init)
-    params_f, _ = sc.init_from_teacher(net, rng_f, x, labels, teacher, cfg.init)
-    return state_lib.create(state_rng, {G: params_g, F: params_f}, tx, ema_roles=(G,))
+  init = sc.generator_and_fake_score_init(net_g, net_f, spec, tx, cfg.init)
 
   def fake_loss(params_f, params_g, labels, rng, *, shape):
     rng_z, rng_loss = jax.random.split(rng)
-    x_g = sc.sg(sc.generate(apply_fn, params_g, jax.random.normal(rng_z, shape), cfg.sigma_init, labels))
-    loss, _ = sc.edm_fake_score_loss(apply_fn, params_f, x_g, labels, rng_loss, p_mean=cfg.p_mean, p_std=cfg.p_std,
-                                     sigma_data=sigma_data, train=True)
+    x_g = sc.sg(sc.generate(apply_g, params_g, jax.random.normal(rng_z, shape), cfg.sigma_init, labels))
+    loss, _ = losses.edm_loss(apply_f, params_f, x_g, labels, rng_loss, p_mean=cfg.p_mean, p_std=cfg.p_std,
+                              sigma_data=sigma_data, train=True)
     return cfg.fake_loss_scale * loss, {}
 
   def generator_loss(params_g, params_f, teacher, labels, rng, *, shape):
     rng_z, rng_drop_g, rng_sigma, rng_noise, rng_drop = jax.random.split(rng, 5)
-    x_g = sc.generate(apply_fn, params_g, jax.random.normal(rng_z, shape), cfg.sigma_init, labels,
+    x_g = sc.generate(apply_g, params_g, jax.random.normal(rng_z, shape), cfg.sigma_init, labels,
                       train=cfg.generator_dropout, rngs=sc.dropout_rngs(rng_drop_g))
     if cfg.generator_sigma == "lognormal":
       sigma = sc.noise_lib.lognormal_sigma(rng_sigma, shape[0], cfg.p_mean, cfg.p_std)
@@ -117,7 +113,7 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
     noise = jax.random.normal(rng_noise, shape)
     kw = dict(train=cfg.networks_train_mode, rngs=sc.dropout_rngs(rng_drop))   # one dropout key for both
     real_fn = lambda x, s: teacher.apply_fn(teacher.params, x, s, labels, **kw)
-    fake_fn = lambda x, s: apply_fn(params_f, x, s, labels, **kw)
+    fake_fn = lambda x, s: apply_f(params_f, x, s, labels, **kw)
     per_sample = integral_kl_objective(x_g, sigma, noise, real_fn, fake_fn, weighting=cfg.weighting)
     return cfg.generator_loss_scale * jnp.mean(per_sample), {f"{G}/sample_std": jnp.std(x_g)}
 
@@ -129,16 +125,16 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
     if cfg.nan_to_num:
       grads_f = sc.nan_to_num_grads(grads_f)
     state, metrics_f = state_lib.apply_gradients(state, F, grads_f, tx[F])
-    update_g = sc.gate(state.step, cfg.generator_every)
-    (loss_g, aux_g), grads_g = sc.maybe_grad(update_g, functools.partial(generator_loss, shape=x.shape),
-                                             state.params[G], state.params[F], teacher, labels, rng_g)
+    update_g = gating.gate(state.step, cfg.generator_every)
+    (loss_g, aux_g), grads_g = gating.value_and_grad(update_g, functools.partial(generator_loss, shape=x.shape),
+                                                     state.params[G], state.params[F], teacher, labels, rng_g)
     if cfg.nan_to_num:
       grads_g = sc.nan_to_num_grads(grads_g)
-    state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g)
+    state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g.on)
     state, decay = sc.step_ema(state, ema_decay)
     state = state.replace(step=state.step + 1)
-    return state, {f"{F}/loss": loss_f, f"{G}/loss": loss_g, f"{G}/updated": jnp.asarray(update_g, jnp.float32),
+    return state, {f"{F}/loss": loss_f, f"{G}/loss": loss_g, f"{G}/updated": jnp.asarray(update_g.on, jnp.float32),
                    f"{G}/ema_decay": decay, **aux_g, **metrics_f, **metrics_g}
 
   return base.Objective(name="diff_instruct", init=init, train_step=train_step,
-                        sample=sc.make_sampler(apply_fn, spec, cfg.sigma_init), export_role=G, apply_fn=apply_fn)
+                        sample=sc.make_sampler(apply_g, spec, cfg.sigma_init), export_role=G, apply_fn=apply_g)

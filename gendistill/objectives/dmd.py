@@ -45,10 +45,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from gendistill import state as state_lib
+from gendistill.diffusion import losses
 from gendistill.diffusion import samplers
+from gendistill.diffusion.guidance import bind_denoiser
 from gendistill.nets import discriminator
-from gendistill.nets.denoiser import bind_denoiser
-from gendistill.objectives import base, gan, register
+from gendistill.objectives import base, gan, gating, register
 from gendistill.objectives import score_common as sc
 
 G, F, C = sc.GENERATOR, sc.FAKE_SCORE, sc.CRITIC
@@ -81,6 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
       regression_batch_size=0,  # pairs per step (0: the data batch size)
       regression_chunk=256,     # pairs per teacher-sampler call at init
       guidance_clip_norm=10.0,  # joint grad-norm clip of the fake score (and classifier); 0 = none
+      gan=False,                # classifier head on the fake score's bottleneck (dmd2)
+      denoising_timesteps=(),   # few-step generator: indices into the ascending noise table, e.g. (999, 749, 499, 249)
+      backward_simulation=False,  # a few-step generator's inputs by running it from noise (dmd2)
       generator_optimizer=_adamw(warmup_steps=500, grad_clip_norm=10.0),
       fake_score_optimizer=_adamw(warmup_steps=500),
       ema=state_lib.ema_config(halflife_kimg=0.0, rampup_ratio=0.05, decay=0.0),
@@ -101,9 +105,8 @@ def dmd2_default_config() -> ml_collections.ConfigDict:
       gan_max_timestep=1000,    # t ~ U{0 .. gan_max_timestep - 1}
       critic_optimizer=_adamw(warmup_steps=500),
       critic=discriminator.critic_config(hidden=256, depth=2),   # head on vector features (MLP networks)
-      denoising_timesteps=(),   # few-step generator: indices into the ascending noise table, e.g. (999, 749, 499, 249)
-      backward_simulation=True,
   ))
+  c.backward_simulation = True
   return c
 
 
@@ -138,8 +141,8 @@ def dm_objective(x, sigma, noise, real_fn, fake_fn, weight=None, weight_min=0.0)
 def dmd_fake_loss(apply_fn, params, x, labels, sigma, noise, *, sigma_data=0.5, train=True, rngs=None):
   """mean over all elements of (sigma^-2 + sigma_d^-2)(mu_fake(sg[x] + sigma n) - sg[x])^2."""
   weight = sigma ** -2 + sigma_data ** -2
-  loss, _ = sc.denoising_loss(apply_fn, params, x, labels, sigma, noise, weight, train=train, rngs=rngs,
-                              reduction="mean")
+  loss, _ = losses.denoising_loss(apply_fn, params, x, labels, sigma, noise, weight, train=train, rngs=rngs,
+                                  reduction="mean")
   return loss
 
 
@@ -158,41 +161,42 @@ def f_divergence_weights(logits, divergence, *, logit_clamp=10.0, ratio_min=0.1,
 # The objective (dmd, dmd2, and fdistill through `f_weight`).
 
 
-def build_dmd_family(config: ml_collections.ConfigDict, spec, name: str,
+def roles(cfg) -> dict:
+  """generator and fake score (denoisers), and with gan=True the classifier head on the fake score's features."""
+  return {G: "denoiser", F: "denoiser", **({C: "feature_head"} if cfg.gan else {})}
+
+
+def build_dmd_family(cfg, networks, spec, run: base.RunFacts, name: str,
                      f_weight: Optional[Callable] = None) -> base.Objective:
   """`f_weight(logits [B]) -> h [B]` (fdistill) multiplies the DM gradient per sample; the logits are the
   classifier's at the DM loss's own (x_t, sigma)."""
-  cfg = config.objective[name]
-  use_gan = bool(cfg.get("gan", False))
+  use_gan = bool(cfg.gan)
   if f_weight is not None and not use_gan:
     raise ValueError(f"objective.{name}: the f-divergence weight needs the classifier (gan=True).")
-  net, apply_fn = sc.build_network(config, spec)
+  net_g, net_f = networks[G], networks[F]
+  apply_g, apply_f = net_g.apply, net_f.apply
   roles = (G, F, C) if use_gan else (G, F)
   opt_cfg = {G: cfg.generator_optimizer, F: cfg.fake_score_optimizer}
   if use_gan:
     opt_cfg[C] = cfg.critic_optimizer
   tx = {role: state_lib.make_optimizer(opt_cfg[role]) for role in roles}
-  batch_size = config.data.batch_size
+  batch_size = run.batch_size
   ema_decay = state_lib.ema_decay_fn(cfg.ema, batch_size)
-  sigma_data = config.network.sigma_data
+  sigma_data = net_f.sigma_data
   grid = sc.karras_grid(cfg.num_train_timesteps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
   min_step = int(cfg.min_step_percent * cfg.num_train_timesteps)
   max_step = min(int(cfg.max_step_percent * cfg.num_train_timesteps), cfg.num_train_timesteps - 1)
-  steps_idx = tuple(int(t) for t in cfg.get("denoising_timesteps", ()))
+  steps_idx = tuple(int(t) for t in cfg.denoising_timesteps)
   few_step_sigmas = tuple(float(grid[t]) for t in steps_idx) if steps_idx else None
   if steps_idx and not cfg.backward_simulation:
     raise ValueError(f"objective.{name}: a few-step generator is trained here only with backward_simulation=True.")
   use_regression = cfg.regression_weight > 0 and cfg.regression_pairs > 0
   reg_batch = cfg.regression_batch_size or batch_size
 
-  head = None
-  if use_gan:
-    head_kind = "conv" if len(spec.shape) == 3 else "mlp"
-    head = (discriminator.BottleneckHead() if head_kind == "conv"
-            else discriminator.MLPCritic(hidden=cfg.critic.hidden, depth=cfg.critic.depth))
+  head = networks[C] if use_gan else None
 
   def critic_logits(params_f, params_c, x, sigma, labels, train=False, rngs=None):
-    _, feats = apply_fn(params_f, x, sigma, labels, train=train, rngs=rngs, return_features=True)
+    _, feats = apply_f(params_f, x, sigma, labels, train=train, rngs=rngs, return_features=True)
     return head.apply(params_c, feats)
 
   def gan_input(rng, x):
@@ -215,24 +219,24 @@ def build_dmd_family(config: ml_collections.ConfigDict, spec, name: str,
               else jnp.zeros((p,), jnp.int32))
     if teacher is None:           # shape inference (restoring a checkpoint): the values come from the checkpoint
       return {"reg_z": z, "reg_y": jnp.zeros_like(z), "reg_labels": labels}
-    s = config.sampler
+    s = run.sampler
 
     def one_chunk(args):
       zc, lc = args
       onehot = base.sample_labels(None, zc.shape[0], lc, spec.num_classes)
-      fn = bind_denoiser(teacher.apply_fn, teacher.params, onehot, s.guidance)
-      return samplers.heun_sampler(fn, zc, num_steps=s.num_steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max,
-                                   rho=s.rho)
+      fn = bind_denoiser(teacher.apply_fn, teacher.params, onehot, s["guidance"])
+      return samplers.heun_sampler(fn, zc, num_steps=s["num_steps"], sigma_min=s["sigma_min"],
+                                   sigma_max=s["sigma_max"], rho=s["rho"])
     y = jax.lax.map(one_chunk, (z.reshape((p // chunk, chunk) + z.shape[1:]), labels.reshape(p // chunk, chunk)))
     return {"reg_z": z, "reg_y": y.reshape(z.shape), "reg_labels": labels}
 
   def init(rng, batch, teacher=None):
     x, labels = base.batch_inputs(batch, spec)
     rng_g, rng_f, rng_c, rng_pairs, state_rng = jax.random.split(rng, 5)
-    params = {G: sc.init_from_teacher(net, rng_g, x, labels, teacher, cfg.init)[0],
-              F: sc.init_from_teacher(net, rng_f, x, labels, teacher, cfg.init)[0]}
+    params = {G: sc.init_from_teacher(net_g, rng_g, x, labels, teacher, cfg.init)[0],
+              F: sc.init_from_teacher(net_f, rng_f, x, labels, teacher, cfg.init)[0]}
     if use_gan:
-      feats = jax.eval_shape(lambda p: apply_fn(p, x, jnp.ones((x.shape[0],)), labels, return_features=True)[1],
+      feats = jax.eval_shape(lambda p: apply_f(p, x, jnp.ones((x.shape[0],)), labels, return_features=True)[1],
                              params[F])
       params[C] = head.init(rng_c, jnp.zeros(feats.shape, feats.dtype))
     extra = make_pairs(rng_pairs, teacher, x.shape) if use_regression else {}
@@ -241,7 +245,7 @@ def build_dmd_family(config: ml_collections.ConfigDict, spec, name: str,
   def generator_loss(params_g, params_f, params_c, teacher, gen_in, labels, extra, rng):
     x_in, sigma_in, rng_drop = gen_in
     rng_t, rng_n, rng_gan, rng_reg, rng_reg_drop, rng_net_drop = jax.random.split(rng, 6)
-    x = apply_fn(params_g, x_in, sigma_in, labels, train=cfg.generator_dropout, rngs=sc.dropout_rngs(rng_drop))
+    x = apply_g(params_g, x_in, sigma_in, labels, train=cfg.generator_dropout, rngs=sc.dropout_rngs(rng_drop))
     n = x.shape[0]
     sigma = sc.grid_sigma(rng_t, n, grid, min_step, max_step)
     noise = jax.random.normal(rng_n, x.shape)
@@ -249,11 +253,11 @@ def build_dmd_family(config: ml_collections.ConfigDict, spec, name: str,
     real_fn = lambda xt, s: teacher.apply_fn(teacher.params, xt, s, labels, **kw)
     aux = {}
     if f_weight is None:
-      fake_fn = lambda xt, s: apply_fn(params_f, xt, s, labels, **kw)
+      fake_fn = lambda xt, s: apply_f(params_f, xt, s, labels, **kw)
       loss_dm = dm_objective(x, sigma, noise, real_fn, fake_fn, weight_min=cfg.weight_min)
     else:
       x_t = sc.sg(x) + sc.expand(sigma, x) * noise
-      y_f, feats = apply_fn(params_f, x_t, sigma, labels, return_features=True, **kw)
+      y_f, feats = apply_f(params_f, x_t, sigma, labels, return_features=True, **kw)
       h = f_weight(head.apply(params_c, feats))
       loss_dm = distribution_matching_loss(x, real_fn(x_t, sigma), y_f, h, cfg.weight_min)
       aux[f"{G}/h_max"] = jnp.max(h)
@@ -267,7 +271,7 @@ def build_dmd_family(config: ml_collections.ConfigDict, spec, name: str,
     if use_regression:
       idx = jax.random.randint(rng_reg, (reg_batch,), 0, cfg.regression_pairs)
       onehot = base.sample_labels(None, reg_batch, extra["reg_labels"][idx], spec.num_classes)
-      x_reg = sc.generate(apply_fn, params_g, extra["reg_z"][idx], cfg.sigma_init, onehot,
+      x_reg = sc.generate(apply_g, params_g, extra["reg_z"][idx], cfg.sigma_init, onehot,
                           train=cfg.generator_dropout, rngs=sc.dropout_rngs(rng_reg_drop))
       loss_reg = jnp.mean(sc.per_sample_mean((x_reg - extra["reg_y"][idx]) ** 2))
       total = total + cfg.regression_weight * loss_reg
@@ -279,7 +283,7 @@ def build_dmd_family(config: ml_collections.ConfigDict, spec, name: str,
     rng_t, rng_n, rng_drop, rng_real, rng_fake, rng_drop_r, rng_drop_f = jax.random.split(rng, 7)
     n = x_fake.shape[0]
     sigma = grid[jax.random.randint(rng_t, (n,), 0, cfg.num_train_timesteps)]
-    loss_fake = dmd_fake_loss(apply_fn, params_f, x_fake, labels, sigma, jax.random.normal(rng_n, x_fake.shape),
+    loss_fake = dmd_fake_loss(apply_f, params_f, x_fake, labels, sigma, jax.random.normal(rng_n, x_fake.shape),
                               sigma_data=sigma_data, train=True, rngs=sc.dropout_rngs(rng_drop))
     total, aux = cfg.fake_loss_scale * loss_fake, {f"{F}/denoising_loss": loss_fake}
     if use_gan:
@@ -303,19 +307,19 @@ def build_dmd_family(config: ml_collections.ConfigDict, spec, name: str,
     params_g = state.params[G]
     if few_step_sigmas:
       k = jax.random.randint(rng_k, (), 0, len(few_step_sigmas))
-      x_in, s = sc.backward_simulation(apply_fn, params_g, z, few_step_sigmas, labels, rng_bs, k)
+      x_in, s = sc.backward_simulation(apply_g, params_g, z, few_step_sigmas, labels, rng_bs, k)
       sigma_in = jnp.full((shape[0],), s)
     else:
       x_in, sigma_in = cfg.sigma_init * z, jnp.full((shape[0],), cfg.sigma_init, jnp.float32)
     gen_in = (x_in, sigma_in, rng_drop)
     # The guidance step's samples: made by the generator before its update (same input, same dropout key).
-    x_fake = sc.sg(apply_fn(params_g, x_in, sigma_in, labels, train=cfg.generator_dropout,
+    x_fake = sc.sg(apply_g(params_g, x_in, sigma_in, labels, train=cfg.generator_dropout,
                             rngs=sc.dropout_rngs(rng_drop)))
-    update_g = sc.gate(state.step, cfg.generator_every)
+    update_g = gating.gate(state.step, cfg.generator_every)
     params_c = state.params[C] if use_gan else {}
-    (loss_g, aux_g), grads_g = sc.maybe_grad(update_g, generator_loss, params_g, state.params[F], params_c,
-                                             teacher, gen_in, labels, state.extra, rng_g)
-    state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g)
+    (loss_g, aux_g), grads_g = gating.value_and_grad(update_g, generator_loss, params_g, state.params[F], params_c,
+                                                     teacher, gen_in, labels, state.extra, rng_g)
+    state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g.on)
     # Guidance step: fake score (and classifier), on the pre-update samples.
     (loss_f, aux_f), (grads_f, grads_c) = jax.value_and_grad(guidance_loss, has_aux=True)(
         (state.params[F], params_c), x_fake, labels, x_real, real_labels, rng_f)
@@ -327,23 +331,23 @@ def build_dmd_family(config: ml_collections.ConfigDict, spec, name: str,
       state, metrics = state_lib.apply_gradients(state, C, grads[C], tx[C])
     state, decay = sc.step_ema(state, ema_decay)
     state = state.replace(step=state.step + 1)
-    return state, {f"{G}/loss": loss_g, f"{F}/loss": loss_f, f"{G}/updated": jnp.asarray(update_g, jnp.float32),
+    return state, {f"{G}/loss": loss_g, f"{F}/loss": loss_f, f"{G}/updated": jnp.asarray(update_g.on, jnp.float32),
                    f"{G}/ema_decay": decay, f"{F}/guidance_grad_norm": guidance_norm, **aux_g, **aux_f, **metrics_g,
                    **metrics_f, **metrics}
 
   return base.Objective(name=name, init=init, train_step=train_step,
-                        sample=sc.make_sampler(apply_fn, spec, cfg.sigma_init, few_step_sigmas), export_role=G,
-                        apply_fn=apply_fn)
+                        sample=sc.make_sampler(apply_g, spec, cfg.sigma_init, few_step_sigmas), export_role=G,
+                        apply_fn=apply_g)
 
 
-@register("dmd", default_config)
-def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  return build_dmd_family(config, spec, "dmd")
+@register("dmd", default_config, roles)
+def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
+  return build_dmd_family(cfg, networks, spec, run, "dmd")
 
 
-@register("dmd2", dmd2_default_config)
-def build_dmd2(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  return build_dmd_family(config, spec, "dmd2")
+@register("dmd2", dmd2_default_config, roles)
+def build_dmd2(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
+  return build_dmd_family(cfg, networks, spec, run, "dmd2")
 
 
 __all__ = ["dm_gradient", "distribution_matching_loss", "dm_objective", "dmd_fake_loss", "f_divergence_weights",

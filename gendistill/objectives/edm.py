@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gendistill import nets
-from gendistill import sharding
 from gendistill import state as state_lib
+from gendistill.diffusion import losses
 from gendistill.diffusion import noise as noise_lib
 from gendistill.diffusion import samplers
-from gendistill.nets.denoiser import bind_denoiser
+from gendistill.diffusion.guidance import bind_denoiser
 from gendistill.objectives import base, register
+from gendistill.sharding.accumulation import accumulate_gradients
 
 ROLE = "denoiser"
 
@@ -27,67 +27,45 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
 
-def training_sigma(cfg, rng, n):
-  sample_sigma, _ = noise_lib.training_noise(cfg.noise)
-  if cfg.noise == "edm":
-    return sample_sigma(rng, n, cfg.p_mean, cfg.p_std)
-  return sample_sigma(rng, n)
-
-
 def edm_loss(apply_fn, params, x, labels, rng, *, cfg, sigma_data, train=True):
   """The denoising loss of one batch; returns (loss, per-sample losses)."""
-  rng_sigma, rng_noise, rng_dropout = jax.random.split(rng, 3)
-  sigma = training_sigma(cfg, rng_sigma, x.shape[0])
-  n = jax.random.normal(rng_noise, x.shape, x.dtype)
-  return edm_loss_given_noise(apply_fn, params, x, labels, sigma, n, rng_dropout, cfg=cfg, sigma_data=sigma_data,
-                              train=train)
+  return losses.edm_loss(apply_fn, params, x, labels, rng, noise=cfg.noise, p_mean=cfg.p_mean, p_std=cfg.p_std,
+                         sigma_data=sigma_data, train=train, drop_nonfinite=False)
 
 
-def edm_loss_given_noise(apply_fn, params, x, labels, sigma, n, rng_dropout, *, cfg, sigma_data, train=True):
-  """`edm_loss` with the noise levels sigma [B] and the noise n drawn by the caller (for micro-batching)."""
-  _, weight_fn = noise_lib.training_noise(cfg.noise)
-  weight = weight_fn(sigma, sigma_data)
-  denoised = apply_fn(params, x + noise_lib.expand(sigma, x) * n, sigma, labels, train=train,
-                      rngs={"dropout": rng_dropout})
-  per_sample = weight * jnp.sum(jnp.reshape((denoised - x) ** 2, (x.shape[0], -1)), axis=1)
-  return jnp.mean(per_sample), per_sample
-
-
-@register("edm", default_config)
-def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  cfg = config.objective.edm
-  net = nets.build_denoiser(config.network, spec)
+@register("edm", default_config, {ROLE: "denoiser"})
+def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
+  network = networks[ROLE]
+  apply_fn = network.apply
   tx = state_lib.make_optimizer(cfg.optimizer)
-  ema_decay = state_lib.ema_decay_fn(cfg.ema, config.data.batch_size)
-  sampler_cfg = config.sampler
-
-  def apply_fn(params, x, sigma, labels=None, train=False, rngs=None):
-    return net.apply(params, x, sigma, labels, train=train, rngs=rngs)
-
-  microbatches = config.train.get("microbatches", 1)
+  ema_decay = state_lib.ema_decay_fn(cfg.ema, run.batch_size)
+  s = run.sampler
+  weight_fn = noise_lib.training_noise(cfg.noise)[1]
 
   def loss_fn(params, batch, rng_dropout):
-    return edm_loss_given_noise(apply_fn, params, batch["x"], batch["labels"], batch["sigma"], batch["noise"],
-                                rng_dropout, cfg=cfg, sigma_data=config.network.sigma_data)[0]
+    weight = weight_fn(batch["sigma"], network.sigma_data)
+    return losses.denoising_loss(apply_fn, params, batch["x"], batch["labels"], batch["sigma"], batch["noise"],
+                                 weight, rngs={"dropout": rng_dropout}, drop_nonfinite=False)[0]
 
   def init(rng, batch, teacher=None):
     del teacher
     x, labels = base.batch_inputs(batch, spec)
     init_rng, state_rng = jax.random.split(rng)
-    params = net.init(init_rng, x, jnp.ones((x.shape[0],)), labels)
+    params = network.init(init_rng, x, jnp.ones((x.shape[0],)), labels)
     return state_lib.create(state_rng, {ROLE: params}, {ROLE: tx}, ema_roles=(ROLE,))
 
   def train_step(state, batch, teacher=None):
     del teacher
     x, labels = base.batch_inputs(batch, spec)
     (rng,) = state.step_rng(ROLE)
-    # The per-example noise is drawn for the whole batch first (as edm_loss draws it), so that gradient
+    # The per-example noise is drawn for the whole batch first (as losses.edm_loss draws it), so that gradient
     # accumulation over micro-batches gives the full batch's update.
     rng_sigma, rng_noise, rng_dropout = jax.random.split(rng, 3)
-    batch = dict(x=x, labels=labels, sigma=training_sigma(cfg, rng_sigma, x.shape[0]),
+    batch = dict(x=x, labels=labels, sigma=noise_lib.training_sigma(cfg.noise, rng_sigma, x.shape[0], cfg.p_mean,
+                                                                     cfg.p_std),
                  noise=jax.random.normal(rng_noise, x.shape, x.dtype))
-    loss, grads = sharding.accumulate_gradients(loss_fn, state.params[ROLE], batch, rng_dropout,
-                                                num_microbatches=microbatches)
+    loss, grads = accumulate_gradients(loss_fn, state.params[ROLE], batch, rng_dropout,
+                                       num_microbatches=run.microbatches)
     state, metrics = state_lib.apply_gradients(state, ROLE, grads, tx)
     decay = ema_decay(state.step)
     state = state.replace(step=state.step + 1,
@@ -98,12 +76,12 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
     """Heun (EDM Algorithm 2) with the EMA denoiser; `steps` = N gives NFE 2N - 1."""
     rng_labels, rng_noise, rng_churn = jax.random.split(rng, 3)
     onehot = base.sample_labels(rng_labels, num, labels, spec.num_classes)
-    denoise_fn = bind_denoiser(apply_fn, state.ema[ROLE], onehot, sampler_cfg.guidance)
+    denoise_fn = bind_denoiser(apply_fn, state.ema[ROLE], onehot, s["guidance"])
     noise = jax.random.normal(rng_noise, (num,) + tuple(spec.shape))
     return samplers.heun_sampler(
-        denoise_fn, noise, rng_churn, num_steps=steps or sampler_cfg.num_steps, sigma_min=sampler_cfg.sigma_min,
-        sigma_max=sampler_cfg.sigma_max, rho=sampler_cfg.rho, s_churn=sampler_cfg.s_churn,
-        s_min=sampler_cfg.s_min, s_max=sampler_cfg.s_max, s_noise=sampler_cfg.s_noise)
+        denoise_fn, noise, rng_churn, num_steps=steps or s["num_steps"], sigma_min=s["sigma_min"],
+        sigma_max=s["sigma_max"], rho=s["rho"], s_churn=s["s_churn"], s_min=s["s_min"], s_max=s["s_max"],
+        s_noise=s["s_noise"])
 
   return base.Objective(name="edm", init=init, train_step=train_step, sample=sample, export_role=ROLE,
-                        apply_fn=apply_fn)
+                        apply_fn=apply_fn, accumulates_gradients=True)

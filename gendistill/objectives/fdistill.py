@@ -36,10 +36,9 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-@register("fdistill", default_config)
-def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  cfg = config.objective.fdistill
+@register("fdistill", default_config, dmd.roles)
+def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
   sc.f_divergence_weight(cfg.divergence)   # validates the name
   f_weight = functools.partial(dmd.f_divergence_weights, divergence=cfg.divergence, logit_clamp=cfg.logit_clamp,
                                ratio_min=cfg.ratio_min, ratio_max=cfg.ratio_max, normalize=cfg.normalize_h)
-  return dmd.build_dmd_family(config, spec, "fdistill", f_weight=f_weight)
+  return dmd.build_dmd_family(cfg, networks, spec, run, "fdistill", f_weight=f_weight)

@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gendistill import nets
 from gendistill import state as state_lib
 from gendistill.objectives import base, register
 
@@ -205,33 +204,24 @@ CORRUPTIONS = {"noise": corrupt_noise, "mask": corrupt_mask, "blur": corrupt_blu
 # The objective.
 
 
-def _network(config, spec):
-  net = nets.build_denoiser(config.network, spec)
-
-  def apply_fn(params, x, sigma, labels=None, train=False, rngs=None):
-    return net.apply(params, x, sigma, labels, train=train, rngs=rngs)
-
-  return net, apply_fn
-
-
-def projector(config: ml_collections.ConfigDict, spec) -> Callable:
-  """project(params, corrupted, labels=None, steps=1) for the `ign` network of `config` (labels one-hot)."""
-  _, apply_fn = _network(config, spec)
-  return functools.partial(project, apply_fn, sigma=config.objective.ign.sigma)
+def projector(network, cfg) -> Callable:
+  """project(params, corrupted, labels=None, steps=1) for the `ign` network (labels one-hot); cfg: the ign
+  section."""
+  return functools.partial(project, network.apply, sigma=cfg.sigma)
 
 
 def sampling_params(state, cfg):
   return state.ema[ROLE] if cfg.sample_ema else state.params[ROLE]
 
 
-@register("ign", default_config)
-def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  cfg = config.objective.ign
+@register("ign", default_config, {ROLE: "denoiser"})
+def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
   if cfg.noise not in ("gaussian", "fourier"):
     raise ValueError(f"Unknown objective.ign.noise {cfg.noise!r}; expected 'gaussian' or 'fourier'.")
-  net, apply_fn = _network(config, spec)
+  net = networks[ROLE]
+  apply_fn = net.apply
   tx = state_lib.make_optimizer(cfg.optimizer)
-  ema_decay = state_lib.ema_decay_fn(cfg.ema, config.data.batch_size)
+  ema_decay = state_lib.ema_decay_fn(cfg.ema, run.batch_size)
   sigma = cfg.sigma
   loss_fn = functools.partial(
       ign_losses, distance_kind=cfg.distance, clamp=cfg.tight_clamp, clamp_mode=cfg.tight_clamp_mode,

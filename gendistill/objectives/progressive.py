@@ -39,12 +39,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gendistill import sharding
 from gendistill import state as state_lib
 from gendistill.diffusion import samplers
 from gendistill.diffusion.noise import expand
 from gendistill.objectives import base, register
 from gendistill.objectives import score_common as sc
+from gendistill.sharding.accumulation import accumulate_gradients
 
 G = sc.GENERATOR
 TEACHER = "teacher"
@@ -144,15 +144,14 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
 # The objective.
 
 
-@register("progressive", default_config)
-def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  cfg = config.objective.progressive
-  net, apply_fn = sc.build_network(config, spec)
+@register("progressive", default_config, {G: "denoiser"})
+def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
+  net = networks[G]
+  apply_fn = net.apply
   rounds = num_rounds(cfg.teacher_steps, cfg.final_steps)
   per_round = int(cfg.steps_per_round)
   tx = make_optimizer(cfg)
   loss_weight(jnp.ones(1), cfg.loss)   # validates the name
-  microbatches = config.train.get("microbatches", 1)
   schedule = dict(logsnr_min=cfg.logsnr_min, logsnr_max=cfg.logsnr_max)
 
   def init(rng, batch, teacher=None):
@@ -185,8 +184,8 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
         lambda: target_with(lambda y, s: teacher.apply_fn(teacher.params, y, s, labels)),
         lambda: target_with(lambda y, s: apply_fn(state.extra[TEACHER], y, s, labels)))
     mb = dict(y=y_t, sigma=sigma_t, target=sg(target), labels=labels)
-    loss, grads = sharding.accumulate_gradients(loss_fn, state.params[G], mb, rng_dropout,
-                                                num_microbatches=microbatches)
+    loss, grads = accumulate_gradients(loss_fn, state.params[G], mb, rng_dropout,
+                                       num_microbatches=run.microbatches)
     state, metrics = state_lib.apply_gradients(state, G, grads, tx)
 
     # End of a round's last step: the student becomes the next round's teacher (and the next student starts
@@ -212,4 +211,4 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
     return samplers.ddim_sampler(fn, z, steps, clip_denoised=cfg.clip_denoised or None, **schedule)
 
   return base.Objective(name="progressive", init=init, train_step=train_step, sample=sample, export_role=G,
-                        apply_fn=apply_fn)
+                        apply_fn=apply_fn, accumulates_gradients=True)

@@ -4,8 +4,8 @@ All of them train a one-step (or few-step) generator G with a fake score f_psi f
 frozen teacher f_phi. This module holds what they have in common; each objective module holds its own losses
 and schedule (ALGORITHMS.md sections 2-5).
 
-- Networks: the student networks (generator, fake score) are built from `config.network`, which for a
-  distillation run is the teacher's network config, and start from the teacher's parameters when the trees
+- Networks: the student networks (generator, fake score) are received (for a distillation run the adapter
+  builds them from the teacher's network config), and start from the teacher's parameters when the trees
   match (`init_from_teacher`). A teacher whose parameters do not match (the analytic Gaussian-mixture teacher,
   or a teacher of another architecture) leaves them randomly initialised from `config.network`.
 - Generator: one step x = G(sigma_init z; sigma_init, c), z ~ N(0, I) (SiD, DI, DMD), or a few steps on a
@@ -21,17 +21,17 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from gendistill import nets
 from gendistill import state as state_lib
+from gendistill.diffusion import losses
 from gendistill.diffusion import noise as noise_lib
 from gendistill.diffusion import samplers
 from gendistill.objectives import base
 
 sg = jax.lax.stop_gradient
 expand = noise_lib.expand
+per_sample_sum, per_sample_mean, finite_rows = losses.per_sample_sum, losses.per_sample_mean, losses.finite_rows
 
 GENERATOR = "generator"
 FAKE_SCORE = "fake_score"
@@ -39,20 +39,7 @@ CRITIC = "critic"
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Networks.
-
-
-def network_apply_fn(net) -> Callable:
-  """The network contract's apply function for a Flax `Denoiser`, with `return_features` passed through."""
-  def apply_fn(params, x, sigma, labels=None, train=False, rngs=None, return_features=False):
-    return net.apply(params, x, sigma, labels, train=train, rngs=rngs, return_features=return_features)
-  return apply_fn
-
-
-def build_network(config: ml_collections.ConfigDict, spec):
-  """(Flax Denoiser, apply_fn) for the student networks, from `config.network`."""
-  net = nets.build_denoiser(config.network, spec)
-  return net, network_apply_fn(net)
+# Networks (received from the factory's `networks`; see base.py).
 
 
 def same_structure(a, b) -> bool:
@@ -62,11 +49,11 @@ def same_structure(a, b) -> bool:
   return all(tuple(x.shape) == tuple(y.shape) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def init_network(net, rng, x, labels):
-  return net.init(rng, x, jnp.ones((x.shape[0],), jnp.float32), labels)
+def init_network(network, rng, x, labels):
+  return network.init(rng, x, jnp.ones((x.shape[0],), jnp.float32), labels)
 
 
-def init_from_teacher(net, rng, x, labels, teacher, mode: str = "auto"):
+def init_from_teacher(network, rng, x, labels, teacher, mode: str = "auto"):
   """Student parameters: a copy of the teacher's if `mode` allows and the trees match, else a fresh init.
 
   mode: 'auto' (copy when the trees match), 'teacher' (must match), 'random' (never copy). Returns
@@ -75,36 +62,30 @@ def init_from_teacher(net, rng, x, labels, teacher, mode: str = "auto"):
   """
   if mode not in ("auto", "teacher", "random"):
     raise ValueError(f"init mode must be 'auto', 'teacher' or 'random'; got {mode!r}.")
-  shapes = jax.eval_shape(lambda: init_network(net, rng, x, labels))
+  shapes = jax.eval_shape(lambda: init_network(network, rng, x, labels))
   matches = teacher is not None and same_structure(teacher.params, shapes)
   if mode == "teacher" and not matches:
-    raise ValueError("The teacher's parameters do not match config.network: the student networks cannot start "
-                     "from the teacher. Use the teacher's network config, or init='auto'/'random'.")
+    raise ValueError("The teacher's parameters do not match the student network: the student networks cannot "
+                     "start from the teacher. Use the teacher's network config, or init='auto'/'random'.")
   if matches and mode != "random":
     return jax.tree.map(lambda p, s: jnp.array(p, dtype=s.dtype, copy=True), teacher.params, shapes), True
-  return init_network(net, rng, x, labels), False
+  return init_network(network, rng, x, labels), False
+
+
+def generator_and_fake_score_init(net_g, net_f, spec, tx, mode: str):
+  """init(rng, batch, teacher) of a generator + fake score state (both from the teacher when `mode` allows),
+  with the generator's EMA (SiD, SiDA, Diff-Instruct)."""
+  def init(rng, batch, teacher=None):
+    x, labels = base.batch_inputs(batch, spec)
+    rng_g, rng_f, state_rng = jax.random.split(rng, 3)
+    params_g, _ = init_from_teacher(net_g, rng_g, x, labels, teacher, mode)
+    params_f, _ = init_from_teacher(net_f, rng_f, x, labels, teacher, mode)
+    return state_lib.create(state_rng, {GENERATOR: params_g, FAKE_SCORE: params_f}, tx, ema_roles=(GENERATOR,))
+  return init
 
 
 def dropout_rngs(rng):
   return {"dropout": rng}
-
-
-def guided_apply(apply_fn, params, x, sigma, labels, scale=1.0, **kwargs):
-  """Classifier-free guidance D_w = D(empty) + w (D(c) - D(empty)) of any network; w = 1 is a plain call.
-
-  `scale` may be a float or a tuple of floats: a tuple returns one guided output per scale from the same two
-  network evaluations (SiD's kappa2 and kappa3). Unconditional networks (labels None) ignore the scale.
-  """
-  scales = scale if isinstance(scale, tuple) else (scale,)
-  if labels is None or all(s == 1.0 for s in scales):
-    out = apply_fn(params, x, sigma, labels, **kwargs)
-    return tuple(out for _ in scales) if isinstance(scale, tuple) else out
-  n = x.shape[0]
-  both = apply_fn(params, jnp.concatenate([x, x]), jnp.concatenate([sigma, sigma]),
-                  jnp.concatenate([labels, jnp.zeros_like(labels)]), **kwargs)
-  cond, uncond = both[:n], both[n:]
-  outs = tuple(uncond + s * (cond - uncond) for s in scales)
-  return outs if isinstance(scale, tuple) else outs[0]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -156,8 +137,7 @@ def sid_sigma(rng, n, t_max=800, sigma_min=0.002, sigma_max=80.0, rho=7.0):
   t_max = 800 gives sigma in [0.002, 24.41]: uniform in Karras rho-space over the lower 80% of the grid.
   """
   u = jax.random.uniform(rng, (n,)) * t_max / 1000.0
-  lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-  return (hi + (1 - u) * (lo - hi)) ** rho
+  return samplers.karras_sigma(1 - u, sigma_min, sigma_max, rho)
 
 
 def karras_grid(num=1000, sigma_min=0.002, sigma_max=80.0, rho=7.0):
@@ -175,23 +155,6 @@ def grid_sigma(rng, n, grid, min_index, max_index):
 # Reductions and numerics.
 
 
-def per_sample_sum(x):
-  return jnp.sum(jnp.reshape(x, (x.shape[0], -1)), axis=1)
-
-
-def per_sample_mean(x):
-  return jnp.mean(jnp.reshape(x, (x.shape[0], -1)), axis=1)
-
-
-def finite_rows(*arrays):
-  """bool [N]: the samples whose entries are all finite in every array (SiD drops the others)."""
-  ok = None
-  for a in arrays:
-    row = jnp.all(jnp.isfinite(jnp.reshape(a, (a.shape[0], -1))), axis=1)
-    ok = row if ok is None else ok & row
-  return ok
-
-
 def nan_to_num_grads(grads, posinf=1e5, neginf=-1e5):
   """SiD/Diff-Instruct: torch.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5) on every gradient."""
   return jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=posinf, neginf=neginf), grads)
@@ -207,27 +170,6 @@ def clip_by_joint_norm(grads: dict, max_norm: float):
   return jax.tree.map(lambda g: g * scale, grads), norm
 
 
-def zeros_like_tree(tree):
-  return jax.tree.map(jnp.zeros_like, tree)
-
-
-def maybe_grad(enabled, fn, params, *args, skip_when_off=True):
-  """value_and_grad(fn, has_aux=True)(params, *args) when `enabled` (traced bool), else zeros, via lax.cond,
-  so that the gated-off update of a TTUR schedule costs no backward pass. `enabled` = True (the Python constant
-  `gate` returns for an always-on role) calls it directly: XLA:CPU runs a UNet step inside a conditional about
-  5x slower than the same step outside one (measured on the digits SiD step). So does skip_when_off=False, for
-  gates that are off only during a warm-up: the caller masks the update with `enabled` (apply_gradients), which
-  wastes the warm-up's backward passes but keeps every later step out of the conditional."""
-  vg = jax.value_and_grad(fn, has_aux=True)
-  if enabled is True or not skip_when_off:
-    return vg(params, *args)
-  shapes = jax.eval_shape(vg, params, *args)
-  def off(params, *args):
-    del params, args
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  return jax.lax.cond(enabled, vg, off, params, *args)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # SiDA's binary cross-entropy (the non-saturating DMD2 / f-distill losses are in gendistill.objectives.gan).
 
@@ -235,37 +177,6 @@ def maybe_grad(enabled, fn, params, *args, skip_when_off=True):
 def bce_with_logits(logits, target):
   """Elementwise binary cross-entropy of a logit against a 0/1 target (torch's BCEWithLogitsLoss, no mean)."""
   return jnp.where(target > 0.5, jax.nn.softplus(-logits), jax.nn.softplus(logits))
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The fake score's denoising loss.
-
-
-def denoising_loss(apply_fn, params, x, labels, sigma, noise, weight, *, train=True, rngs=None, guidance=1.0,
-                   reduction="sum"):
-  """Per-sample weight(sigma) * ||f(x + sigma n; sigma) - x||^2 of the fake score on sg[x]; returns
-  (loss, per-sample losses). reduction 'sum' sums over pixels (EDM, SiD, DI: then mean over the batch),
-  'mean' means over them (DMD2: mean over all elements). Non-finite samples are dropped (contribute 0, the
-  batch size stays the divisor), as SiD does. `guidance` is SiD-LSG's kappa1 (CFG on the fake score)."""
-  x = sg(x)
-  d = guided_apply(apply_fn, params, x + expand(sigma, x) * noise, sigma, labels, guidance, train=train,
-                   rngs=rngs)
-  reduce = per_sample_sum if reduction == "sum" else per_sample_mean
-  per_sample = weight * reduce((d - x) ** 2)
-  ok = finite_rows(x, d)
-  per_sample = jnp.where(ok, per_sample, 0.0)
-  return jnp.mean(per_sample), per_sample
-
-
-def edm_fake_score_loss(apply_fn, params, x, labels, rng, *, p_mean=-1.2, p_std=1.2, sigma_data=0.5, train=True,
-                        guidance=1.0):
-  """EDM's loss on generated samples (SiD, SiDA, Diff-Instruct): ln sigma ~ N(p_mean, p_std^2),
-  lambda = (sigma^2 + sigma_d^2)/(sigma sigma_d)^2, sum over pixels, mean over the batch."""
-  rng_sigma, rng_noise, rng_dropout = jax.random.split(rng, 3)
-  sigma = noise_lib.lognormal_sigma(rng_sigma, x.shape[0], p_mean, p_std)
-  n = jax.random.normal(rng_noise, x.shape, x.dtype)
-  return denoising_loss(apply_fn, params, x, labels, sigma, n, noise_lib.edm_weight(sigma, sigma_data),
-                        train=train, rngs=dropout_rngs(rng_dropout), guidance=guidance, reduction="sum")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -293,25 +204,12 @@ def f_divergence_weight(name: str) -> Callable:
 # Config sections and the pieces of build() every objective repeats.
 
 
-def generator_ema_config(halflife_kimg=500.0, rampup_ratio=0.05, decay=0.999):
-  return state_lib.ema_config(halflife_kimg=halflife_kimg, rampup_ratio=rampup_ratio, decay=decay)
-
-
 def step_ema(state, ema_decay, role=GENERATOR):
   """EMA of `role` after this step's update; returns (state, decay)."""
   decay = ema_decay(state.step)
   ema = dict(state.ema)
   ema[role] = state_lib.ema_update(state.ema[role], state.params[role], decay)
   return state.replace(ema=ema), decay
-
-
-def gate(step, every: int = 1, start: int = 0):
-  """True on steps where a role updates: step >= start and (step - start) % every == 0. A role that updates on
-  every step gets the Python constant True (no conditional in the compiled step; see maybe_grad)."""
-  if int(every) <= 1 and int(start) <= 0:
-    return True
-  step = jnp.asarray(step)
-  return jnp.logical_and(step >= start, (step - start) % max(int(every), 1) == 0)
 
 
 def make_sampler(apply_fn, spec, sigma_init: Optional[float] = None, sigmas=None):
@@ -326,13 +224,3 @@ def make_sampler(apply_fn, spec, sigma_init: Optional[float] = None, sigmas=None
       return few_step_generate(apply_fn, params, z, sigmas, onehot, rng_steps, steps)
     return generate(apply_fn, params, z, sigma_init, onehot)
   return sample
-
-
-def batch_labels_and_shape(batch, spec):
-  x, labels = base.batch_inputs(batch, spec)
-  return labels, x.shape
-
-
-def gaussian(rng, shape):
-  return jax.random.normal(rng, shape, jnp.float32)
-

@@ -32,8 +32,9 @@ discriminator loss is mean(lambda) * mean(BCE) and the generator term mean(BCE) 
 ('batch', with the global batch as the one micro-batch: the default); 'per_sample' weights each sample's own
 logit map by its own lambda or 1/w.
 
-Conventions kept from the official code: labels for G come from the data batch (SiD is otherwise data-free); G
-and f_psi get independent noise in the two half-steps; the fake score is trained with EDM's loss and reduction
+Conventions kept from the official code: labels come from data (SiD is otherwise data-free), a fresh draw for
+each half-step (`generator_labels`; the generator's are uniform over the classes, as a new batch of a balanced
+dataset's would be); G and f_psi get independent noise in the two half-steps; the fake score is trained with EDM's loss and reduction
 (sum over pixels, mean over the batch). Not implemented: EDM's augmentation pipe (p = 0.12 on CIFAR-10 in the
 official code) -- this library has no augmentation pipe and its teachers are trained without one.
 """
@@ -45,7 +46,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from gendistill import state as state_lib
-from gendistill.objectives import base, register
+from gendistill.diffusion import losses
+from gendistill.diffusion.guidance import guided_apply
+from gendistill.objectives import base, gating, register
 from gendistill.objectives import score_common as sc
 
 G, F = sc.GENERATOR, sc.FAKE_SCORE
@@ -73,6 +76,8 @@ def default_config() -> ml_collections.ConfigDict:
       generator_every=1,        # G updates on every k-th step (1 = SiD); the fake score updates every step
       generator_start_kimg=0.0,  # no G update until more than this many thousand images were seen
       nan_to_num=True,          # official: gradients through nan_to_num(nan=0, +-inf=+-1e5)
+      generator_labels="fresh",  # fresh (official: a new uniform draw for G's half-step) | batch (the fake
+                                 # score's batch labels for both half-steps, as before; reproduces older runs)
       fake_score_optimizer=state_lib.optimizer_config(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8),
       generator_optimizer=state_lib.optimizer_config(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8),
       ema=state_lib.ema_config(halflife_kimg=500.0, rampup_ratio=0.05),
@@ -148,36 +153,35 @@ def sida_adversarial_loss(logits, w, num_pixels, *, clamp=10.0, reduction="batch
 # The objective.
 
 
-def _build(config: ml_collections.ConfigDict, spec, name: str, adversarial: bool) -> base.Objective:
-  cfg = config.objective[name]
+ROLES = {G: "denoiser", F: "denoiser"}
+
+
+def _build(cfg, networks, spec, run: base.RunFacts, name: str, adversarial: bool) -> base.Objective:
+  if cfg.generator_labels not in ("fresh", "batch"):
+    raise ValueError(f"objective.{name}.generator_labels must be 'fresh' or 'batch'; got {cfg.generator_labels!r}.")
   if adversarial and cfg.gan_reduction not in ("batch", "per_sample"):
     raise ValueError(f"objective.{name}.gan_reduction must be 'batch' or 'per_sample'; got {cfg.gan_reduction!r}.")
-  net, apply_fn = sc.build_network(config, spec)
+  net_g, net_f = networks[G], networks[F]
+  apply_g, apply_f = net_g.apply, net_f.apply
   tx = {G: state_lib.make_optimizer(cfg.generator_optimizer), F: state_lib.make_optimizer(cfg.fake_score_optimizer)}
-  batch_size = config.data.batch_size
+  batch_size = run.batch_size
   ema_decay = state_lib.ema_decay_fn(cfg.ema, batch_size)
-  sigma_data = config.network.sigma_data
+  sigma_data = net_f.sigma_data
   kappa_fake = (float(cfg.kappa2), float(cfg.kappa3))
   # Official: G steps once cur_nimg = step * B > start images, i.e. step > start // B (always when start = 0);
   # likewise the GAN term.
   generator_start = int(round(cfg.generator_start_kimg * 1000)) // batch_size if cfg.generator_start_kimg > 0 else -1
   gan_start = int(round(cfg.gan_start_kimg * 1000)) // batch_size if adversarial and cfg.gan_start_kimg > 0 else -1
 
-  def init(rng, batch, teacher=None):
-    x, labels = base.batch_inputs(batch, spec)
-    rng_g, rng_f, state_rng = jax.random.split(rng, 3)
-    params_g, _ = sc.init_from_teacher(net, rng_g, x, labels, teacher, cfg.init)
-    params_f, _ = sc.init_from_teacher(net, rng_f, x, labels, teacher, cfg.init)
-    return state_lib.create(state_rng, {G: params_g, F: params_f}, tx, ema_roles=(G,))
+  init = sc.generator_and_fake_score_init(net_g, net_f, spec, tx, cfg.init)
 
   def fake_loss(params_f, params_g, x_real, labels, rng):
     rng_z, rng_loss = jax.random.split(rng)
     z = jax.random.normal(rng_z, x_real.shape)
-    x_g = sc.sg(sc.generate(apply_fn, params_g, z, cfg.sigma_init, labels, train=False))
+    x_g = sc.sg(sc.generate(apply_g, params_g, z, cfg.sigma_init, labels, train=False))
     if not adversarial:
-      loss, per_sample = sc.edm_fake_score_loss(apply_fn, params_f, x_g, labels, rng_loss, p_mean=cfg.p_mean,
-                                                p_std=cfg.p_std, sigma_data=sigma_data, train=True,
-                                                guidance=cfg.kappa1)
+      loss, _ = losses.edm_loss(apply_f, params_f, x_g, labels, rng_loss, p_mean=cfg.p_mean, p_std=cfg.p_std,
+                                sigma_data=sigma_data, train=True, guidance=cfg.kappa1)
       return cfg.fake_loss_scale * loss, {f"{F}/denoising_loss": loss}
     # SiDA: the denoising loss and the discriminator loss share sigma, n and (for the fakes) the forward pass.
     rng_sigma, rng_noise, rng_drop_f, rng_drop_r = jax.random.split(rng_loss, 4)
@@ -185,9 +189,9 @@ def _build(config: ml_collections.ConfigDict, spec, name: str, adversarial: bool
     sigma = sc.noise_lib.lognormal_sigma(rng_sigma, n, cfg.p_mean, cfg.p_std)
     weight = sc.noise_lib.edm_weight(sigma, sigma_data)
     noise = jax.random.normal(rng_noise, x_g.shape)
-    d_fake, feat_fake = apply_fn(params_f, x_g + sc.expand(sigma, x_g) * noise, sigma, labels, train=True,
+    d_fake, feat_fake = apply_f(params_f, x_g + sc.expand(sigma, x_g) * noise, sigma, labels, train=True,
                                  rngs=sc.dropout_rngs(rng_drop_f), return_features=True)
-    _, feat_real = apply_fn(params_f, x_real + sc.expand(sigma, x_real) * noise, sigma, labels, train=True,
+    _, feat_real = apply_f(params_f, x_real + sc.expand(sigma, x_real) * noise, sigma, labels, train=True,
                             rngs=sc.dropout_rngs(rng_drop_r), return_features=True)
     logits_fake, logits_real = logit_map(feat_fake), logit_map(feat_real)
     ok = sc.finite_rows(x_g, d_fake, logits_fake, logits_real)
@@ -202,21 +206,21 @@ def _build(config: ml_collections.ConfigDict, spec, name: str, adversarial: bool
   def generator_loss(params_g, params_f, teacher, labels, gan_on, rng, *, shape):
     rng_z, rng_drop, rng_sigma, rng_noise = jax.random.split(rng, 4)
     z = jax.random.normal(rng_z, shape)
-    x_g = sc.generate(apply_fn, params_g, z, cfg.sigma_init, labels, train=cfg.generator_dropout,
+    x_g = sc.generate(apply_g, params_g, z, cfg.sigma_init, labels, train=cfg.generator_dropout,
                       rngs=sc.dropout_rngs(rng_drop))
     sigma = sc.sid_sigma(rng_sigma, shape[0], cfg.t_max, cfg.sigma_min, cfg.sigma_max, cfg.rho)
     noise = jax.random.normal(rng_noise, shape)
-    real_fn = lambda x, s: sc.guided_apply(teacher.apply_fn, teacher.params, x, s, labels, cfg.kappa4)
+    real_fn = lambda x, s: guided_apply(teacher.apply_fn, teacher.params, x, s, labels, cfg.kappa4)
     aux = {}
     if not adversarial:
-      fake_fn = lambda x, s: sc.guided_apply(apply_fn, params_f, x, s, labels, kappa_fake)
+      fake_fn = lambda x, s: guided_apply(apply_f, params_f, x, s, labels, kappa_fake)
       per_sample, w = sid_generator_objective(x_g, sigma, noise, real_fn, fake_fn, alpha=cfg.alpha,
                                               weight_min=cfg.weight_min)
       loss = cfg.generator_loss_scale * jnp.mean(per_sample)
     else:
       x_t = x_g + sc.expand(sigma, x_g) * noise
       y_r = real_fn(x_t, sigma)
-      y_f, feats = apply_fn(params_f, x_t, sigma, labels, return_features=True)
+      y_f, feats = apply_f(params_f, x_t, sigma, labels, return_features=True)
       per_sample, w = sid_loss_terms(x_g, y_r, y_f, y_f, alpha=cfg.alpha, weight_min=cfg.weight_min)
       logits = logit_map(feats)
       ok = sc.finite_rows(x_g, y_r, y_f, logits)
@@ -232,7 +236,11 @@ def _build(config: ml_collections.ConfigDict, spec, name: str, adversarial: bool
 
   def train_step(state, batch, teacher):
     x_real, labels = base.batch_inputs(batch, spec)
-    rng_f, rng_g = state.step_rng(F, G)
+    rng_f, rng_g, rng_labels = state.step_rng(F, G, "generator_labels")
+    # The official loop reads a new data batch for each half-step; its labels are an independent draw
+    # (uniform here: the datasets' classes are balanced). 'batch' reuses the fake score's labels (old behaviour).
+    labels_g = labels if cfg.generator_labels == "batch" else base.sample_labels(
+        rng_labels, x_real.shape[0], None, spec.num_classes)
     # (a) fake score: fit f_psi to the current generator's samples.
     (loss_f, aux_f), grads_f = jax.value_and_grad(fake_loss, has_aux=True)(
         state.params[F], state.params[G], x_real, labels, rng_f)
@@ -240,34 +248,32 @@ def _build(config: ml_collections.ConfigDict, spec, name: str, adversarial: bool
       grads_f = sc.nan_to_num_grads(grads_f)
     state, metrics_f = state_lib.apply_gradients(state, F, grads_f, tx[F])
     # (b) generator, against the updated fake score (frozen here).
-    update_g = sc.gate(state.step, cfg.generator_every)
-    if generator_start >= 0:
-      update_g = jnp.logical_and(state.step > generator_start, update_g)
+    # With generator_every = 1 the gate is off only during SiDA's warm-up: no conditional (gating's cost rules).
+    update_g = gating.gate(state.step, cfg.generator_every, warmup=generator_start + 1)
     gan_on = state.step > gan_start if adversarial else jnp.array(False)
     loss_fn = functools.partial(generator_loss, shape=x_real.shape)
-    # With generator_every = 1 the gate is off only during SiDA's warm-up: no conditional (see maybe_grad).
-    (loss_g, aux_g), grads_g = sc.maybe_grad(update_g, loss_fn, state.params[G], state.params[F], teacher, labels,
-                                             gan_on, rng_g, skip_when_off=cfg.generator_every > 1)
+    (loss_g, aux_g), grads_g = gating.value_and_grad(update_g, loss_fn, state.params[G], state.params[F], teacher,
+                                                     labels_g, gan_on, rng_g)
     if cfg.nan_to_num:
       grads_g = sc.nan_to_num_grads(grads_g)
-    state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g)
+    state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g.on)
     state, decay = sc.step_ema(state, ema_decay)
     state = state.replace(step=state.step + 1)
-    metrics = {f"{F}/loss": loss_f, f"{G}/loss": loss_g, f"{G}/updated": jnp.asarray(update_g, jnp.float32),
+    metrics = {f"{F}/loss": loss_f, f"{G}/loss": loss_g, f"{G}/updated": jnp.asarray(update_g.on, jnp.float32),
                f"{G}/ema_decay": decay, **aux_f, **aux_g, **metrics_f, **metrics_g}
     if adversarial:
       metrics[f"{G}/gan_on"] = gan_on.astype(jnp.float32)
     return state, metrics
 
   return base.Objective(name=name, init=init, train_step=train_step,
-                        sample=sc.make_sampler(apply_fn, spec, cfg.sigma_init), export_role=G, apply_fn=apply_fn)
+                        sample=sc.make_sampler(apply_g, spec, cfg.sigma_init), export_role=G, apply_fn=apply_g)
 
 
-@register("sid", default_config)
-def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  return _build(config, spec, "sid", adversarial=False)
+@register("sid", default_config, ROLES)
+def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
+  return _build(cfg, networks, spec, run, "sid", adversarial=False)
 
 
-@register("sida", sida_default_config)
-def build_sida(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  return _build(config, spec, "sida", adversarial=True)
+@register("sida", sida_default_config, ROLES)
+def build_sida(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
+  return _build(cfg, networks, spec, run, "sida", adversarial=True)

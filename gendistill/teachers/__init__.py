@@ -9,11 +9,16 @@ import os
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import struct
 
+from gendistill import checkpoint
+from gendistill import nets
+from gendistill import objectives
+from gendistill.data.spec import DataSpec, abstract_batch
+from gendistill.diffusion.guidance import bind_denoiser
 from gendistill.teachers import analytic
-from gendistill.nets.denoiser import bind_denoiser
 
 
 @struct.dataclass
@@ -42,15 +47,12 @@ def teacher_config() -> ml_collections.ConfigDict:
 
 def from_workdir(workdir: str, step: Optional[int] = None) -> Teacher:
   """The exported network (EMA where the objective keeps one) of a finished run of this library."""
-  from gendistill import checkpoint, objectives  # pylint: disable=g-import-not-at-top
-  from gendistill.data import DataSpec  # pylint: disable=g-import-not-at-top
-
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"No run of gendistill in {workdir!r} (missing config.json).")
   with open(config_path) as f:
     saved = json.load(f)
-  config = ml_collections.ConfigDict(saved["config"])
+  config = ml_collections.ConfigDict(objectives.migrate_config(saved["config"]))
   spec = DataSpec(**saved["spec"])
   objective = objectives.build(config, spec)
   state = checkpoint.restore_state(workdir, objective, spec, step=None if step in (None, -1) else step)
@@ -75,18 +77,13 @@ def abstract(config: ml_collections.ConfigDict, spec) -> Teacher:
 
 
 def random_network(network_cfg: ml_collections.ConfigDict, spec, seed: int = 0) -> Teacher:
-  """An untrained denoiser of `network_cfg`: the shapes of a real teacher, for smoke runs and tests."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from gendistill import nets  # pylint: disable=g-import-not-at-top
-  from gendistill.objectives.base import example_batch  # pylint: disable=g-import-not-at-top
-  net = nets.build_denoiser(network_cfg, spec)
-  x = example_batch(spec)[spec.key]
+  """An untrained denoiser of `network_cfg` (built by the same adapter as the students): the shapes of a real
+  teacher, for smoke runs and tests."""
+  network = nets.build_networks(network_cfg, spec, {"teacher": nets.DENOISER})["teacher"]
+  x = jnp.zeros((2,) + tuple(spec.shape), jnp.float32)
   labels = nets.one_hot_labels(jnp.zeros((x.shape[0],), jnp.int32), spec.num_classes) if spec.num_classes else None
-  params = net.init(jax.random.key(seed), x, jnp.ones((x.shape[0],)), labels)
-
-  def apply_fn(params, x, sigma, labels=None, train=False, rngs=None):
-    return net.apply(params, x, sigma, labels, train=train, rngs=rngs)
-  return Teacher(params=params, apply_fn=apply_fn, num_classes=spec.num_classes)
+  params = network.init(jax.random.key(seed), x, jnp.ones((x.shape[0],)), labels)
+  return Teacher(params=params, apply_fn=network.apply, num_classes=spec.num_classes)
 
 
 def build(cfg: ml_collections.ConfigDict, dataset, network: Optional[ml_collections.ConfigDict] = None

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 
 
 def mixture_params(weights, means, covs):
-  """The analytic teacher's parameters (arrays, so the teacher is an ordinary pytree argument)."""
-  weights = jnp.asarray(weights, jnp.float32)
-  return {"log_weights": jnp.log(weights / jnp.sum(weights)), "means": jnp.asarray(means, jnp.float32),
-          "covs": jnp.asarray(covs, jnp.float32)}
+  """The analytic teacher's parameters (arrays, so the teacher is an ordinary pytree argument), in the default
+  float precision (float64 when jax_enable_x64 is on)."""
+  weights = jnp.asarray(weights, float)
+  return {"log_weights": jnp.log(weights / jnp.sum(weights)), "means": jnp.asarray(means, float),
+          "covs": jnp.asarray(covs, float)}
 
 
 def _denoise_one(params, y, sigma):
@@ -33,5 +34,5 @@ def _denoise_one(params, y, sigma):
 def gmm_denoise(params, x, sigma, labels=None, train=False, rngs=None):
   """Network-contract apply function: x [N, D], sigma scalar or [N] -> E[x0 | x]."""
   del labels, train, rngs
-  sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
+  sigma = jnp.broadcast_to(jnp.asarray(sigma, float), x.shape[:1])
   return jax.vmap(_denoise_one, in_axes=(None, 0, 0))(params, x, sigma)
