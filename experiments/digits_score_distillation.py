@@ -57,7 +57,7 @@ def teacher_metrics(teacher_dir, num_samples, seed, steps=18, seeds=()):
   with open(os.path.join(teacher_dir, "config.json")) as f:
     saved = json.load(f)
   import ml_collections  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(saved["config"])
+  config = ml_collections.ConfigDict(objectives.migrate_config(saved["config"]))
   spec = data_lib.DataSpec(**saved["spec"])
   objective = objectives.build(config, spec)
   state = checkpoint.restore_state(teacher_dir, objective, spec)

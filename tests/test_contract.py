@@ -1,6 +1,9 @@
 """The objective contract: objectives receive their networks (a user's Flax module or a closed-form function,
 no monkeypatching), and the teacher is an argument of the compiled step, never a baked-in constant."""
+import ast
+import glob
 import importlib
+import os
 
 import flax.linen as nn
 import jax
@@ -141,3 +144,42 @@ def test_sid_generator_half_step_draws_fresh_labels(mode):
   jax.block_until_ready(jax.jit(objective.train_step)(state, batch, teacher))
   classes = set(np.argmax(np.concatenate(seen), axis=1).tolist())
   assert classes == ({0, 1, 2} if mode == "fresh" else {0})
+
+
+def _sources(*packages):
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gendistill")
+  for package in packages:
+    for path in sorted(glob.glob(os.path.join(root, package, "**", "*.py"), recursive=True)):
+      with open(path) as f:
+        yield os.path.relpath(path, root), f.read()
+
+
+def test_objectives_neither_build_networks_nor_read_the_run_config():
+  """In code (not prose): no objective module reads config.network/data/train/sampler or uses a network builder.
+  The registry (`__init__`) and the contract (`base`, RunFacts.from_config) are where a run's config is read."""
+  builders = {"build_denoiser", "build_backbone", "build_networks", "build_critic", "BottleneckHead", "MLPCritic",
+              "ConvCritic", "UNet", "MLP"}
+  offenders = []
+  for path, text in _sources("objectives"):
+    if os.path.basename(path) in ("__init__.py", "base.py"):
+      continue
+    for node in ast.walk(ast.parse(text)):
+      if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "config"
+          and node.attr in ("network", "data", "train", "sampler")):
+        offenders.append((path, node.lineno, f"config.{node.attr}"))
+      name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+      if name in builders:
+        offenders.append((path, node.lineno, name))
+      if isinstance(node, ast.ImportFrom) and node.module == "gendistill.nets":
+        offenders += [(path, node.lineno, a.name) for a in node.names if a.name in ("unet", "mlp")]
+  assert not offenders, offenders
+
+
+def test_core_packages_import_at_module_top():
+  """No imports inside functions (they held an import cycle together): the cycle is gone."""
+  offenders = []
+  for path, text in _sources("objectives", "nets", "sharding", "teachers", "diffusion"):
+    for node in ast.walk(ast.parse(text)):
+      if isinstance(node, (ast.FunctionDef, ast.Lambda)):
+        offenders += [(path, n.lineno) for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+  assert not offenders, offenders

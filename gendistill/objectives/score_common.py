@@ -7,12 +7,12 @@ and schedule (ALGORITHMS.md sections 2-5).
 - Networks: the student networks (generator, fake score) are received (for a distillation run the adapter
   builds them from the teacher's network config), and start from the teacher's parameters when the trees
   match (`init_from_teacher`). A teacher whose parameters do not match (the analytic Gaussian-mixture teacher,
-  or a teacher of another architecture) leaves them randomly initialised from `config.network`.
+  or a teacher of another architecture) leaves them randomly initialised.
 - Generator: one step x = G(sigma_init z; sigma_init, c), z ~ N(0, I) (SiD, DI, DMD), or a few steps on a
   decreasing sigma grid with fresh noise in between (DMD2).
-- Noise levels: EDM's log-normal, SiD's uniform-in-Karras-rho-space over [0, t_max/1000], and DMD's
-  integer index into the ascending 1000-step Karras grid.
-- The fake score's denoising loss, with EDM's or DMD2's weighting and reduction, and optional CFG (SiD's kappa1).
+- Noise levels: SiD's uniform-in-Karras-rho-space over [0, t_max/1000], and DMD's integer index into the
+  ascending 1000-step Karras grid. (The fake scores' denoising loss is gendistill.diffusion.losses; when a role
+  updates is gendistill.objectives.gating.)
 - The f-divergence weights h(r) = r^2 f''(r) of f-distill.
 - Small numerics: per-sample finite masks, official-code `nan_to_num` of gradients, joint gradient clipping,
   SiDA's binary cross-entropy.

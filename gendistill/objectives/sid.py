@@ -34,9 +34,10 @@ logit map by its own lambda or 1/w.
 
 Conventions kept from the official code: labels come from data (SiD is otherwise data-free), a fresh draw for
 each half-step (`generator_labels`; the generator's are uniform over the classes, as a new batch of a balanced
-dataset's would be); G and f_psi get independent noise in the two half-steps; the fake score is trained with EDM's loss and reduction
-(sum over pixels, mean over the batch). Not implemented: EDM's augmentation pipe (p = 0.12 on CIFAR-10 in the
-official code) -- this library has no augmentation pipe and its teachers are trained without one.
+dataset's would be); G and f_psi get independent noise in the two half-steps; the fake score is trained with
+EDM's loss and reduction (sum over pixels, mean over the batch). Not implemented: EDM's augmentation pipe
+(p = 0.12 on CIFAR-10 in the official code) -- this library has no augmentation pipe and its teachers are
+trained without one.
 """
 import functools
 import math
@@ -190,9 +191,9 @@ def _build(cfg, networks, spec, run: base.RunFacts, name: str, adversarial: bool
     weight = sc.noise_lib.edm_weight(sigma, sigma_data)
     noise = jax.random.normal(rng_noise, x_g.shape)
     d_fake, feat_fake = apply_f(params_f, x_g + sc.expand(sigma, x_g) * noise, sigma, labels, train=True,
-                                 rngs=sc.dropout_rngs(rng_drop_f), return_features=True)
+                                rngs=sc.dropout_rngs(rng_drop_f), return_features=True)
     _, feat_real = apply_f(params_f, x_real + sc.expand(sigma, x_real) * noise, sigma, labels, train=True,
-                            rngs=sc.dropout_rngs(rng_drop_r), return_features=True)
+                           rngs=sc.dropout_rngs(rng_drop_r), return_features=True)
     logits_fake, logits_real = logit_map(feat_fake), logit_map(feat_real)
     ok = sc.finite_rows(x_g, d_fake, logits_fake, logits_real)
     denoise = jnp.mean(jnp.where(ok, weight * sc.per_sample_sum((d_fake - x_g) ** 2), 0.0))

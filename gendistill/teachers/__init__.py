@@ -69,10 +69,8 @@ def abstract(config: ml_collections.ConfigDict, spec) -> Teacher:
   """The teacher a run of `config` will export, as shapes (jax.ShapeDtypeStruct params), before that run exists:
   enough to compile a distillation step ahead of time (`train.compile_ahead`). For runs whose own init needs no
   teacher (e.g. `edm`)."""
-  from gendistill import objectives  # pylint: disable=g-import-not-at-top
-  from gendistill.objectives.base import example_batch  # pylint: disable=g-import-not-at-top
   objective = objectives.build(config, spec)
-  state = jax.eval_shape(objective.init, jax.random.key(0), example_batch(spec), None)
+  state = jax.eval_shape(objective.init, jax.eval_shape(jax.random.key, 0), abstract_batch(spec), None)
   return _exported(objective, state, spec)
 
 
