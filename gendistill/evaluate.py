@@ -34,12 +34,16 @@ _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the object
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _WEIGHTS = flags.DEFINE_string("inception_weights", None, "Local Inception weights for FID & co.")
 _REF_STATS = flags.DEFINE_string("ref_stats", None, ".npz reference statistics with mu and sigma.")
+_PREPROCESSING = flags.DEFINE_enum("inception_preprocessing", None, ["nvidia", "pytorch_fid"],
+                                   "Inception input pipeline (default: the run's eval.inception_preprocessing, "
+                                   "else 'nvidia', the one of EDM's reference statistics; docs/evaluation.md).")
 _REF_FROM_DATA = flags.DEFINE_integer("ref_images_from_data", 0,
                                       "Use this many of the run's real images as the FID/KID/PR reference.")
 
 
 def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size: int = 250, steps=None, seed=0,
-                 inception_weights=None, ref_stats_path=None, ref_images_from_data=0, progress=False):
+                 inception_weights=None, ref_stats_path=None, ref_images_from_data=0, progress=False,
+                 inception_preprocessing=None):
   """Samples a run's checkpoint and evaluates it with the run's evaluator (gendistill.evaluation.make_evaluator);
   the Inception arguments, when given, replace the run's eval.inception_weights / ref_stats / ref_images."""
   info = ckpt_lib.read_run_info(workdir)
@@ -62,6 +66,8 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
     if inception_weights:
       eval_config.update(inception_weights=inception_weights, ref_stats=ref_stats_path or "",
                          ref_images=ref_images_from_data, inception_batch_size=min(batch_size, 100))
+    if inception_preprocessing:
+      eval_config.inception_preprocessing = inception_preprocessing
     evaluator = evaluation.make_evaluator(
         dataset, eval_config, sharded.batch_sharding if jax.process_count() == 1 else None, progress=progress)
     t0 = time.time()
@@ -80,7 +86,8 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
 def main(argv):
   del argv
   results = evaluate_run(_WORKDIR.value, _CHECKPOINT.value, _NUM.value, _BATCH.value, _STEPS.value, _SEED.value,
-                         _WEIGHTS.value, _REF_STATS.value, _REF_FROM_DATA.value, progress=True)
+                         _WEIGHTS.value, _REF_STATS.value, _REF_FROM_DATA.value, progress=True,
+                         inception_preprocessing=_PREPROCESSING.value)
   logging.info("%s", results)
   print(json.dumps(results, indent=2))
 

@@ -112,3 +112,24 @@ def test_unprepared_tfds_dataset_fails_fast_with_the_preparation_command(tmp_pat
   assert "not prepared" in message and "tfds build cifar10" in message and "array_record" in message
   assert str(tmp_path) in message
   assert elapsed < 5.0, elapsed
+
+
+def test_ref_stats_of_an_image_npz_match_the_features(tmp_path):
+  from gendistill import ref_stats
+  from gendistill.evaluation import frechet, inception, metrics
+  images, labels = _images(6)
+  np.savez(tmp_path / "ds.npz", images=images, labels=labels)
+  weights = str(tmp_path / "inception.npz")
+  inception.save_params_npz(inception.random_state_dict(0), weights)
+  cfg = ref_stats.data_config(data=str(tmp_path / "ds.npz"))
+  stats = ref_stats.compute(cfg, weights, num=5, batch_size=4)
+  assert str(stats["preprocessing"]) == "nvidia" and int(stats["num_samples"]) == 5
+  pool = inception.InceptionFeatures.from_file(weights, preprocessing="nvidia").features(images[:5], batch_size=4)
+  mu, sigma = frechet.feature_statistics(pool["pool"])
+  np.testing.assert_allclose(stats["mu"], mu, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(stats["sigma"], sigma, rtol=1e-4, atol=1e-6)
+  ref_stats.write(stats, str(tmp_path / "out" / "ref.npz"))
+  loaded = metrics.load_stats(str(tmp_path / "out" / "ref.npz"))
+  np.testing.assert_array_equal(loaded["mu"], stats["mu"])
+  with pytest.raises(ValueError, match="exactly one"):
+    ref_stats.data_config(data="a", tfds="b")
