@@ -20,9 +20,9 @@ import ml_collections
 from gendistill import checkpoint as ckpt_lib
 from gendistill import data as data_lib
 from gendistill import evaluation
+from gendistill import generate
 from gendistill import objectives
 from gendistill import sharding
-from gendistill import teachers
 from gendistill import train
 from gendistill.data import DataSpec
 
@@ -53,13 +53,14 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
   spec = DataSpec(**{**info["spec"], "shape": tuple(info["spec"]["shape"])})
   dataset = data_lib.build(config.data)
   objective = objectives.build(config, spec)
-  teacher = teachers.build(config.teacher, dataset, config.network)
+  # Sampling never uses the teacher: its shapes (from the run's network section) rebuild the state, so a
+  # student is evaluated without its teacher's workdir.
+  teacher = generate.abstract_teacher(config, spec)
   # Sampling and Inception features run sharded over the run's mesh (all devices by default).
   mesh_config = config.get("mesh")
   mesh = sharding.make_mesh(mesh_config)
   with jax.set_mesh(mesh):
     sharded = sharding.ShardedObjective(objective, spec, mesh, teacher, mesh_config)
-    teacher = sharded.put_teacher(teacher)
     state = ckpt_lib.restore_state(workdir, objective, spec, step=step, teacher=teacher, mesh=mesh,
                                    rules=mesh_config)
     eval_config = config.eval

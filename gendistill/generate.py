@@ -39,17 +39,24 @@ from gendistill import teachers
 from gendistill.data import DataSpec
 from gendistill.evaluation import grid as grid_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json and checkpoints/).")
-_CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: the newest).")
-_OUT = flags.DEFINE_string("out", None, "A directory (one PNG per sample), a .png (with --grid) or a .npz file.")
-_NUM = flags.DEFINE_integer("num", None, "Number of samples: seeds 0..num-1 (or use --seeds).")
-_SEEDS = flags.DEFINE_string("seeds", None, "Seeds, e.g. '0-63' or '1,5,10-19' (default: 0..num-1).")
-_CLASS = flags.DEFINE_integer("class", None, "Class of every sample (default: seed % num_classes).")
-_GUIDANCE = flags.DEFINE_float("guidance", None, "Classifier-free guidance scale of the run's diffusion sampler "
-                               "(sampler.guidance; used by `edm` runs; needs a network trained with label dropout).")
-_STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the objective's).")
-_GRID = flags.DEFINE_bool("grid", False, "Write one grid PNG (or a scatter plot for 2-D samples) to --out.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Samples per jitted call (rounded up to the device count).")
+_WORKDIR = _CHECKPOINT = _OUT = _NUM = _SEEDS = _CLASS = _GUIDANCE = _STEPS = _GRID = _BATCH = None
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program, so that importing this module for
+  `load`/`write` defines no flags next to another program's)."""
+  global _WORKDIR, _CHECKPOINT, _OUT, _NUM, _SEEDS, _CLASS, _GUIDANCE, _STEPS, _GRID, _BATCH
+  _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json and checkpoints/).")
+  _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: the newest).")
+  _OUT = flags.DEFINE_string("out", None, "A directory (one PNG per sample), a .png (with --grid) or a .npz file.")
+  _NUM = flags.DEFINE_integer("num", None, "Number of samples: seeds 0..num-1 (or use --seeds).")
+  _SEEDS = flags.DEFINE_string("seeds", None, "Seeds, e.g. '0-63' or '1,5,10-19' (default: 0..num-1).")
+  _CLASS = flags.DEFINE_integer("class", None, "Class of every sample (default: seed % num_classes).")
+  _GUIDANCE = flags.DEFINE_float("guidance", None, "Classifier-free guidance scale of the run's diffusion sampler "
+                                 "(sampler.guidance; used by `edm` runs; needs a network trained with label dropout).")
+  _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the objective's).")
+  _GRID = flags.DEFINE_bool("grid", False, "Write one grid PNG (or a scatter plot for 2-D samples) to --out.")
+  _BATCH = flags.DEFINE_integer("batch_size", 64, "Samples per jitted call (rounded up to the device count).")
 
 
 def parse_seeds(text: str) -> list:
@@ -126,7 +133,7 @@ class Generator:
     return np.concatenate(out)
 
 
-def _abstract_teacher(config, spec):
+def abstract_teacher(config, spec):
   """Shapes of a teacher of the run's own network, or None: enough for the student state's structure (an init
   that copies the teacher copies a tree of exactly these shapes). The real teacher is never loaded."""
   if config.teacher.get("source", "none") == "none":
@@ -148,14 +155,27 @@ def load(workdir: str, step: Optional[int] = None, steps: Optional[int] = None,
   spec = DataSpec(**{**info["spec"], "shape": tuple(info["spec"]["shape"])})
   objective = objectives.build(config, spec)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1))) if mesh is None else mesh
-  state = ckpt_lib.restore_state(workdir, objective, spec, step=step, teacher=_abstract_teacher(config, spec),
+  state = ckpt_lib.restore_state(workdir, objective, spec, step=step, teacher=abstract_teacher(config, spec),
                                  mesh=mesh, rules=config.get("mesh"))
   return Generator(objective=objective, spec=spec, state=state, mesh=mesh, config=config, steps=steps)
+
+
+def check_out(out: str, spec: DataSpec, as_grid: bool = False):
+  """Raises ValueError unless `out` is something `write` can write for data of `spec`."""
+  if out.endswith(".npz"):
+    return
+  if as_grid and not out.endswith(".png"):
+    raise ValueError(f"--grid writes one PNG: --out must end in .png, got {out!r}.")
+  if not as_grid and out.endswith(".png"):
+    raise ValueError(f"--out={out!r} is one PNG: add --grid, or give a directory for one PNG per sample.")
+  if not as_grid and spec.key != "image":
+    raise ValueError(f"Samples of {spec.key!r} data are not images: use --out=FILE.npz, or --grid --out=FILE.png.")
 
 
 def write(samples: np.ndarray, seeds: Sequence[int], labels: Optional[np.ndarray], out: str, spec: DataSpec,
           as_grid: bool = False, reference: Optional[np.ndarray] = None):
   """Writes samples as PNGs into a directory, one grid PNG, or an .npz (see the module docstring)."""
+  check_out(out, spec, as_grid)
   seeds = np.asarray(seeds)
   if out.endswith(".npz"):
     parent = os.path.dirname(out)
@@ -171,8 +191,6 @@ def write(samples: np.ndarray, seeds: Sequence[int], labels: Optional[np.ndarray
     np.savez(out, **arrays)
     return
   if as_grid:
-    if not out.endswith(".png"):
-      raise ValueError(f"--grid writes one PNG: --out must end in .png, got {out!r}.")
     if spec.key == "image":
       ncols = spec.num_classes if spec.num_classes and labels is not None and len(seeds) % spec.num_classes == 0 \
           and np.array_equal(labels, seeds % spec.num_classes) else None
@@ -180,10 +198,6 @@ def write(samples: np.ndarray, seeds: Sequence[int], labels: Optional[np.ndarray
     else:
       grid_lib.save_scatter(samples, out, reference=reference)
     return
-  if out.endswith(".png"):
-    raise ValueError(f"--out={out!r} is one PNG: add --grid, or give a directory for one PNG per sample.")
-  if spec.key != "image":
-    raise ValueError(f"Samples of {spec.key!r} data are not images: use --out=FILE.npz, or --grid --out=FILE.png.")
   from PIL import Image  # pylint: disable=g-import-not-at-top
   os.makedirs(out, exist_ok=True)
   for seed, image in zip(seeds, grid_lib.to_uint8(samples)):
@@ -193,11 +207,7 @@ def write(samples: np.ndarray, seeds: Sequence[int], labels: Optional[np.ndarray
 def _reference(config, n: int = 4000):
   """Real 2-D points of a toy2d run's data, drawn under a scatter plot."""
   from gendistill import data as data_lib  # pylint: disable=g-import-not-at-top
-  return data_lib.build(config.data).reference(n)[config_key(config)]
-
-
-def config_key(config):
-  return "x" if config.data.name == "toy2d" else "image"
+  return data_lib.build(config.data).reference(n)["x"]
 
 
 def main(argv):
@@ -210,8 +220,12 @@ def main(argv):
   seeds = list(range(_NUM.value)) if _NUM.value is not None else parse_seeds(_SEEDS.value)
   if not seeds:
     raise app.UsageError("No seeds to sample.")
-  generator = load(_WORKDIR.value, _CHECKPOINT.value, _STEPS.value, _GUIDANCE.value)
-  labels = generator.labels_for(seeds, _CLASS.value)
+  try:
+    generator = load(_WORKDIR.value, _CHECKPOINT.value, _STEPS.value, _GUIDANCE.value)
+    labels = generator.labels_for(seeds, _CLASS.value)
+    check_out(_OUT.value, generator.spec, _GRID.value)   # before sampling, not after
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(str(e)) from None
   samples = generator(seeds, labels, _BATCH.value, progress=sys.stderr.isatty())
   reference = _reference(generator.config) if _GRID.value and generator.spec.key == "x" else None
   write(samples, seeds, labels, _OUT.value, generator.spec, as_grid=_GRID.value, reference=reference)
@@ -219,5 +233,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["workdir", "out"])
   app.run(main)

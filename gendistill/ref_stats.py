@@ -22,18 +22,24 @@ import numpy as np
 
 from gendistill.evaluation import evaluator as evaluator_lib
 
-_DATA = flags.DEFINE_string("data", None, "A directory or .zip of images (EDM's layout) or an .npz with 'images'.")
-_TFDS = flags.DEFINE_string("tfds", None, "A prepared tfds dataset name, e.g. cifar10 (see --tfds_data_dir).")
-_SPLIT = flags.DEFINE_string("split", "train", "The tfds split.")
-_TFDS_DIR = flags.DEFINE_string("tfds_data_dir", "", "The tfds data directory ('' = tfds' default).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir: use its data section.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Resize to this square size first (0 = as stored).")
-_NUM = flags.DEFINE_integer("num", 0, "Use the first N images (0 = all).")
-_WEIGHTS = flags.DEFINE_string("inception_weights", None, "Local Inception weights (.pth of pytorch-fid or .npz).")
-_PREPROCESSING = flags.DEFINE_enum("preprocessing", evaluator_lib.DEFAULT_PREPROCESSING, ["nvidia", "pytorch_fid"],
-                                   "Inception input pipeline.")
-_BATCH = flags.DEFINE_integer("batch_size", 100, "Inception batch size.")
-_OUT = flags.DEFINE_string("out", None, "Output .npz.")
+_DATA = _TFDS = _SPLIT = _TFDS_DIR = _WORKDIR = _IMAGE_SIZE = _NUM = _WEIGHTS = _PREPROCESSING = _BATCH = _OUT = None
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program)."""
+  global _DATA, _TFDS, _SPLIT, _TFDS_DIR, _WORKDIR, _IMAGE_SIZE, _NUM, _WEIGHTS, _PREPROCESSING, _BATCH, _OUT
+  _DATA = flags.DEFINE_string("data", None, "A directory or .zip of images (EDM's layout) or an .npz with 'images'.")
+  _TFDS = flags.DEFINE_string("tfds", None, "A prepared tfds dataset name, e.g. cifar10 (see --tfds_data_dir).")
+  _SPLIT = flags.DEFINE_string("split", "train", "The tfds split.")
+  _TFDS_DIR = flags.DEFINE_string("tfds_data_dir", "", "The tfds data directory ('' = tfds' default).")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir: use its data section.")
+  _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Resize to this square size first (0 = as stored).")
+  _NUM = flags.DEFINE_integer("num", 0, "Use the first N images (0 = all).")
+  _WEIGHTS = flags.DEFINE_string("inception_weights", None, "Local Inception weights (.pth of pytorch-fid or .npz).")
+  _PREPROCESSING = flags.DEFINE_enum("preprocessing", evaluator_lib.DEFAULT_PREPROCESSING, ["nvidia", "pytorch_fid"],
+                                     "Inception input pipeline.")
+  _BATCH = flags.DEFINE_integer("batch_size", 100, "Inception batch size.")
+  _OUT = flags.DEFINE_string("out", None, "Output .npz.")
 
 
 def data_config(data=None, tfds=None, split="train", tfds_data_dir="", workdir=None, image_size=0):
@@ -120,5 +126,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["inception_weights", "out"])
   app.run(main)

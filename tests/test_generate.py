@@ -141,3 +141,9 @@ def test_parse_seeds():
     generate.parse_seeds("3-1")
   with pytest.raises(ValueError, match="seeds"):
     generate.parse_seeds("a")
+
+
+def test_evaluate_student_without_teacher(student_run):
+  from gendistill import evaluate
+  results = evaluate.evaluate_run(student_run[0], num_samples=20, batch_size=20)
+  assert results["step"] == 3 and np.isfinite(results["digits_fd"])

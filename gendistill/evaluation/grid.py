@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+# Points of a toy scatter plot (samples, and data drawn under them): enough to show each mode's shape.
+SCATTER_POINTS = 2000
 _AUTO_MIN_TILE = 64  # with scale=None, tiles smaller than this many pixels are enlarged by an integer factor
 
 
