@@ -86,6 +86,8 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
 
 def main(argv):
   del argv
+  from gendistill import logs  # pylint: disable=g-import-not-at-top
+  logs.quiet_libraries()
   results = evaluate_run(_WORKDIR.value, _CHECKPOINT.value, _NUM.value, _BATCH.value, _STEPS.value, _SEED.value,
                          _WEIGHTS.value, _REF_STATS.value, _REF_FROM_DATA.value, progress=True,
                          inception_preprocessing=_PREPROCESSING.value)

@@ -25,18 +25,20 @@ from typing import Any, Mapping, Optional
 
 from absl import logging
 
-# Packages whose records below WARNING are dropped.
+# Packages (and files) whose records below WARNING are dropped: orbax's per-checkpoint chatter, and jax's backend
+# probing ("Unable to initialize backend 'tpu'" on every CPU/GPU run).
 QUIET_PACKAGES = ("orbax",)
+QUIET_FILES = (os.path.join("jax", "_src", "xla_bridge.py"),)
 # XLA's C++ log levels: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL.
 _CPP_FATAL_ONLY = 3
 
 
 def _package_dirs():
-  return tuple(f"{os.sep}{name}{os.sep}" for name in QUIET_PACKAGES)
+  return tuple(f"{os.sep}{name}{os.sep}" for name in QUIET_PACKAGES) + tuple(os.sep + f for f in QUIET_FILES)
 
 
 class QuietLibraries(py_logging.Filter):
-  """Drops records below WARNING that come from files of QUIET_PACKAGES."""
+  """Drops records below WARNING that come from files of QUIET_PACKAGES or QUIET_FILES."""
 
   def __init__(self):
     super().__init__()
