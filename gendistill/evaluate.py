@@ -20,9 +20,9 @@ import ml_collections
 from gendistill import checkpoint as ckpt_lib
 from gendistill import data as data_lib
 from gendistill import evaluation
+from gendistill import generate
 from gendistill import objectives
 from gendistill import sharding
-from gendistill import teachers
 from gendistill import train
 from gendistill.data import DataSpec
 
@@ -34,12 +34,16 @@ _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the object
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _WEIGHTS = flags.DEFINE_string("inception_weights", None, "Local Inception weights for FID & co.")
 _REF_STATS = flags.DEFINE_string("ref_stats", None, ".npz reference statistics with mu and sigma.")
+_PREPROCESSING = flags.DEFINE_enum("inception_preprocessing", None, ["nvidia", "pytorch_fid"],
+                                   "Inception input pipeline (default: the run's eval.inception_preprocessing, "
+                                   "else 'nvidia', the one of EDM's reference statistics; docs/evaluation.md).")
 _REF_FROM_DATA = flags.DEFINE_integer("ref_images_from_data", 0,
                                       "Use this many of the run's real images as the FID/KID/PR reference.")
 
 
 def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size: int = 250, steps=None, seed=0,
-                 inception_weights=None, ref_stats_path=None, ref_images_from_data=0, progress=False):
+                 inception_weights=None, ref_stats_path=None, ref_images_from_data=0, progress=False,
+                 inception_preprocessing=None):
   """Samples a run's checkpoint and evaluates it with the run's evaluator (gendistill.evaluation.make_evaluator);
   the Inception arguments, when given, replace the run's eval.inception_weights / ref_stats / ref_images."""
   info = ckpt_lib.read_run_info(workdir)
@@ -49,19 +53,22 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
   spec = DataSpec(**{**info["spec"], "shape": tuple(info["spec"]["shape"])})
   dataset = data_lib.build(config.data)
   objective = objectives.build(config, spec)
-  teacher = teachers.build(config.teacher, dataset, config.network)
+  # Sampling never uses the teacher: its shapes (from the run's network section) rebuild the state, so a
+  # student is evaluated without its teacher's workdir.
+  teacher = generate.abstract_teacher(config, spec)
   # Sampling and Inception features run sharded over the run's mesh (all devices by default).
   mesh_config = config.get("mesh")
   mesh = sharding.make_mesh(mesh_config)
   with jax.set_mesh(mesh):
     sharded = sharding.ShardedObjective(objective, spec, mesh, teacher, mesh_config)
-    teacher = sharded.put_teacher(teacher)
     state = ckpt_lib.restore_state(workdir, objective, spec, step=step, teacher=teacher, mesh=mesh,
                                    rules=mesh_config)
     eval_config = config.eval
     if inception_weights:
       eval_config.update(inception_weights=inception_weights, ref_stats=ref_stats_path or "",
                          ref_images=ref_images_from_data, inception_batch_size=min(batch_size, 100))
+    if inception_preprocessing:
+      eval_config.inception_preprocessing = inception_preprocessing
     evaluator = evaluation.make_evaluator(
         dataset, eval_config, sharded.batch_sharding if jax.process_count() == 1 else None, progress=progress)
     t0 = time.time()
@@ -79,8 +86,11 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
 
 def main(argv):
   del argv
+  from gendistill import logs  # pylint: disable=g-import-not-at-top
+  logs.quiet_libraries()
   results = evaluate_run(_WORKDIR.value, _CHECKPOINT.value, _NUM.value, _BATCH.value, _STEPS.value, _SEED.value,
-                         _WEIGHTS.value, _REF_STATS.value, _REF_FROM_DATA.value, progress=True)
+                         _WEIGHTS.value, _REF_STATS.value, _REF_FROM_DATA.value, progress=True,
+                         inception_preprocessing=_PREPROCESSING.value)
   logging.info("%s", results)
   print(json.dumps(results, indent=2))
 

@@ -25,6 +25,7 @@ from absl import logging
 from gendistill import checkpoint as ckpt_lib
 from gendistill import data as data_lib
 from gendistill import evaluation
+from gendistill import logs
 from gendistill import objectives
 from gendistill import sharding
 from gendistill import teachers
@@ -121,6 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, compiled
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, compiled_step=None):
   os.makedirs(workdir, exist_ok=True)
+  logs.quiet_libraries()
   is_main = jax.process_index() == 0
   dataset = data_lib.build(config.data, jax.process_index(), jax.process_count())
   spec = dataset.spec
@@ -158,11 +160,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, c
     ckpt.close()
     return state
 
+  toy_reference = dataset.reference(evaluation.SCATTER_POINTS)["x"] if spec.key == "x" and is_main else None
+
   def periodic(step: int, final: bool = False):
     # Sampling runs on every process (it is one sharded computation); only process 0 writes.
     if final or (tc.sample_every and step % tc.sample_every == 0):
       save_grid(objective, state, sample_rng, spec, os.path.join(workdir, "samples", f"step_{step:08d}.png"),
-                tc.num_grid_samples, sharded=sharded, write=is_main)
+                tc.num_grid_samples, sharded=sharded, write=is_main, reference=toy_reference)
     if evaluator is not None and (final or (tc.eval_every and step % tc.eval_every == 0)):
       t0 = time.time()
       samples, labels = generate(objective, state, sample_rng, config.eval.num_samples, config.eval.batch_size,
@@ -177,10 +181,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, c
   progress = _progress_bar(start, tc.num_steps, disable=not is_main)
   nonfinite_logs = 0
   t_last = time.time()
+  log = logs.TrainLog(start, tc.num_steps, tc.log_every, enabled=is_main)
   for step in range(start, tc.num_steps):
     batch = sharded.put_batch(next(iterator))
     state, metrics = sharded.train_step(state, batch, teacher)
     done = step + 1
+    log(done, metrics)
     if done % tc.log_every == 0 or done == tc.num_steps:
       metrics = jax.device_get(metrics)
       now = time.time()
@@ -222,17 +228,20 @@ def compile_ahead(config: ml_collections.ConfigDict, teacher=None):
   with jax.set_mesh(mesh):
     spec = data_lib.build(config.data).spec
     sharded = sharding.ShardedObjective(objectives.build(config, spec), spec, mesh, teacher, config.mesh)
-    return sharded.compile_step(config.data.batch_size)
+    with logs.compiling(f"the {config.objective.name} train step ahead of time"):
+      return sharded.compile_step(config.data.batch_size)
 
 
-def save_grid(objective, state, rng, spec, path: str, num: int, sharded=None, write: bool = True):
+def save_grid(objective, state, rng, spec, path: str, num: int, sharded=None, write: bool = True, reference=None):
   from gendistill import evaluation  # pylint: disable=g-import-not-at-top
+  if spec.key == "x":   # a scatter plot (over `reference`, the data) needs more points than an image grid
+    num = max(num, evaluation.SCATTER_POINTS)
   samples, labels = generate(objective, state, rng, num, num, spec.num_classes, sharded=sharded)
   if not write:
     return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if spec.key == "x":
-    evaluation.save_scatter(samples, path)
+    evaluation.save_scatter(samples, path, reference=reference)
   else:
     ncols = spec.num_classes if spec.num_classes and num % spec.num_classes == 0 else None
     evaluation.save_image_grid(samples, path, ncols=ncols)

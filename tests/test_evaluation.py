@@ -309,7 +309,7 @@ def test_image_grid_png_round_trip(tmp_path):
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (5, 4, 6, 1)).astype(np.float32)
   path = tmp_path / "sub" / "gray.png"
-  returned = grid.save_image_grid(images, path, ncols=3, scale=1)
+  returned = grid.save_image_grid(images, path, ncols=3, scale=1, padding=0)
   with Image.open(path) as im:
     assert im.mode == "L"
     pixels = np.asarray(im)
@@ -336,7 +336,11 @@ def test_image_grid_auto_upscales_digits(tmp_path):
   images = load_digits(16)[0][:10]
   grid.save_image_grid(images, tmp_path / "digits.png")
   with Image.open(tmp_path / "digits.png") as im:
-    assert im.size == (4 * 64, 3 * 64)  # 16x16 tiles enlarged 4x, ceil(sqrt(10)) = 4 columns
+    # 16x16 tiles enlarged 4x, ceil(sqrt(10)) = 4 columns, 2 white pixels between and around the tiles.
+    assert im.size == (4 * 66 + 2, 3 * 66 + 2)
+    pixels = np.asarray(im)
+  assert np.all(pixels[:, 66:68] == 255) and np.all(pixels[66:68] == 255)
+  np.testing.assert_array_equal(pixels[2:66, 2:66], grid.to_uint8(images[0, ..., 0]).repeat(4, 0).repeat(4, 1))
 
 
 def test_save_scatter(tmp_path):

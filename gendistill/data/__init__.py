@@ -1,4 +1,4 @@
-"""Datasets: embedded toy2d and digits, real ones through tfds.data_source, all read through grain.
+"""Datasets: embedded toy2d and digits, real ones through tfds.data_source or image files, all read through grain.
 
     ds = data.build(config.data, jax.process_index(), jax.process_count())
     it = ds.iterator()            # resumable: it.get_state() -> dict, it.set_state(dict)
@@ -10,11 +10,13 @@ processes' shares, concatenated in process order, form the global batch one proc
 iterator state is the same on every process (see `pipeline`), so the checkpoint stores one.
 
 Config keys (ml_collections ConfigDict; missing keys take the defaults in `DEFAULTS`):
-  name           'toy2d' | 'digits' | 'tfds'
+  name           'toy2d' | 'digits' | 'tfds' | 'images'
   toy2d_kind     see `toy2d.KINDS`
   toy2d_size     size of the fixed toy training pool
   image_size     digits: side of the resized images (0 -> 16); tfds: resize to a square (0 -> native)
-  tfds_name, tfds_split, tfds_data_dir ('' = tfds default)
+  tfds_name, tfds_split, tfds_data_dir ('' = tfds default); the dataset must be prepared (see tfds_source)
+  path           images: a directory or .zip in EDM's dataset layout, or an .npz (see image_folder)
+  xflip          image data: add a left-right mirrored copy of every image (EDM's --xflip; 2N examples)
   batch_size     GLOBAL batch size
   seed           shuffle seed
   conditional    keep 'label' (and spec.num_classes > 0); toy2d has no labels
@@ -28,13 +30,14 @@ import ml_collections
 import numpy as np
 
 from gendistill.data import digits as digits_lib
+from gendistill.data import image_folder
 from gendistill.data import pipeline
 from gendistill.data import tfds_source
 from gendistill.data import toy2d
 from gendistill.data.spec import DataSpec
 from gendistill.data.toy2d import GaussianMixture
 
-NAMES = ("toy2d", "digits", "tfds")
+NAMES = ("toy2d", "digits", "tfds", "images")
 DEFAULTS = dict(
     name="toy2d",
     toy2d_kind="ring8",
@@ -43,6 +46,8 @@ DEFAULTS = dict(
     tfds_name="",
     tfds_split="train",
     tfds_data_dir="",
+    path="",
+    xflip=False,
     batch_size=256,
     seed=0,
     conditional=False,
@@ -61,7 +66,7 @@ class Dataset:
   """A built dataset for one process.
 
   Attributes:
-    name: the config's data name ('toy2d' | 'digits' | 'tfds').
+    name: the config's data name ('toy2d' | 'digits' | 'tfds' | 'images').
     spec: per-sample key, shape and number of classes.
     mixture: the exact GaussianMixture of a toy2d mixture kind, else None.
     global_batch_size, batch_size: the global batch and this process's share of it.
@@ -112,6 +117,7 @@ def build(data_config: Any, process_index: int = 0, process_count: int = 1, *,
   seed = int(_get(data_config, "seed"))
   conditional = bool(_get(data_config, "conditional"))
   image_size = int(_get(data_config, "image_size") or 0)
+  xflip = bool(_get(data_config, "xflip"))
   shard = dict(global_batch_size=global_batch, seed=seed, process_index=process_index,
                process_count=process_count)
   common = dict(name=name, global_batch_size=global_batch, batch_size=batch, process_index=process_index,
@@ -122,6 +128,8 @@ def build(data_config: Any, process_index: int = 0, process_count: int = 1, *,
     mix = toy2d.mixture(kind)  # Raises on an unknown kind.
     if conditional:
       raise ValueError("toy2d has no labels: set data.conditional=False.")
+    if xflip:
+      raise ValueError("data.xflip mirrors images; toy2d has none: set data.xflip=False.")
     size = int(_get(data_config, "toy2d_size"))
     if size <= 0:
       raise ValueError(f"toy2d_size must be positive, got {size}.")
@@ -137,32 +145,39 @@ def build(data_config: Any, process_index: int = 0, process_count: int = 1, *,
   if name == "digits":
     images, labels = digits_lib.load_digits(image_size or digits_lib.DEFAULT_SIZE)
     arrays = {"image": images, "label": labels} if conditional else {"image": images}
+    if xflip:
+      arrays = {k: np.concatenate([v, v[:, :, ::-1] if k == "image" else v]) for k, v in arrays.items()}
 
     def reference(n=None):
       return {"image": images[:n], "label": labels[:n]}
 
     return Dataset(spec=DataSpec("image", tuple(images.shape[1:]),
                                  digits_lib.NUM_CLASSES if conditional else 0),
-                   mixture=None, num_examples=images.shape[0],
+                   mixture=None, num_examples=arrays["image"].shape[0],
                    batches=pipeline.array_batches(arrays, **shard),
                    num_threads=num_threads or 0, _reference=reference, **common)
 
-  if name == "tfds":
-    tfds_name = _get(data_config, "tfds_name")
-    if not tfds_name:
-      raise ValueError("data.name='tfds' needs data.tfds_name (e.g. 'cifar10').")
-    source = tfds_source.open_source(tfds_name, _get(data_config, "tfds_split"),
-                                     _get(data_config, "tfds_data_dir"))
-    classes = tfds_source.num_classes(source)
+  if name in ("tfds", "images"):
+    if name == "tfds":
+      tfds_name = _get(data_config, "tfds_name")
+      if not tfds_name:
+        raise ValueError("data.name='tfds' needs data.tfds_name (e.g. 'cifar10').")
+      source = tfds_source.open_source(tfds_name, _get(data_config, "tfds_split"),
+                                       _get(data_config, "tfds_data_dir"))
+      classes, what = tfds_source.num_classes(source), f"tfds dataset {tfds_name!r}"
+    else:
+      source = image_folder.open_source(_get(data_config, "path"))
+      classes, what = source.num_classes, f"data.path {_get(data_config, 'path')!r}"
     if conditional and not classes:
-      raise ValueError(f"tfds dataset {tfds_name!r} has no ClassLabel 'label' feature; set "
-                       "data.conditional=False.")
+      raise ValueError(f"{what} has no labels (tfds: a ClassLabel 'label' feature; image files: dataset.json); "
+                       "set data.conditional=False.")
     decode = tfds_source.DecodeImage(image_size=image_size, keep_label=conditional)
     ref_decode = tfds_source.DecodeImage(image_size=image_size, keep_label=classes > 0)
+    train_source = image_folder.XFlip(source) if xflip else source
     return Dataset(spec=DataSpec("image", tfds_source.image_shape(source, image_size),
                                  classes if conditional else 0),
-                   mixture=None, num_examples=len(source),
-                   batches=pipeline.source_batches(source, decode, **shard),
+                   mixture=None, num_examples=len(train_source),
+                   batches=pipeline.source_batches(train_source, decode, **shard),
                    num_threads=4 if num_threads is None else num_threads,
                    _reference=lambda n=None: tfds_source.read(source, ref_decode, n), **common)
 

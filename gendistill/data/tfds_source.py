@@ -1,8 +1,14 @@
 """Real image datasets through ``tfds.data_source`` (array_record files; no TensorFlow at read time).
 
-The dataset must already be prepared in `data_dir` (``tfds build`` or ``tfds.builder(...)
-.download_and_prepare(file_format='array_record')``, which does need TensorFlow); nothing is downloaded
-here. Reading parses records with the protos bundled in tfds and decodes PNG/JPEG with OpenCV or PIL.
+The dataset must already be prepared in `data_dir` as array_record files; nothing is downloaded here (an
+unprepared dataset is an error at once, with the command that prepares it). Preparing needs TensorFlow and the
+network, once, on any machine:
+
+    pip install tensorflow
+    tfds build cifar10 --data_dir=DIR --file_format=array_record
+
+then train with --config.data.tfds_data_dir=DIR ('' = tfds' default, $TFDS_DATA_DIR or ~/tensorflow_datasets).
+Reading parses records with the protos bundled in tfds and decodes PNG/JPEG with OpenCV or PIL.
 
 Each record becomes ``{'image': float32 [H, W, C] in [-1, 1], 'label': int32}`` (label only if asked).
 """
@@ -12,10 +18,25 @@ from typing import Any
 import numpy as np
 
 
+def preparation_hint(name: str, data_dir: str | None = None) -> str:
+  where = data_dir or "DIR"
+  return (f"Prepare it once (needs TensorFlow and the network): `pip install tensorflow && tfds build {name} "
+          f"--data_dir={where} --file_format=array_record`, then pass --config.data.tfds_data_dir={where}.")
+
+
 def open_source(name: str, split: str, data_dir: str | None = None):
-  """`tfds.data_source(name, split=split, data_dir=data_dir)`: a random-access sequence of records."""
+  """`tfds.data_source(name, split=split, data_dir=data_dir)` of a prepared dataset: a random-access sequence of
+  records. Never downloads: an unprepared dataset raises FileNotFoundError with the preparation command."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.data_source(name, split=split, data_dir=data_dir or None)
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False, try_gcs=False)
+  except Exception as e:  # pylint: disable=broad-except
+    builder = tfds.builder(name, data_dir=data_dir or None, try_gcs=False)
+    if builder.is_prepared():
+      raise
+    raise FileNotFoundError(
+        f"The tfds dataset {name!r} is not prepared in {builder.data_dir} (data.tfds_data_dir="
+        f"{data_dir or ''!r}); nothing is downloaded at run time. {preparation_hint(name, data_dir)}") from e
 
 
 def _features(source):

@@ -8,6 +8,7 @@ from gendistill.evaluation.evaluator import make_evaluator
 from gendistill.evaluation.frechet import feature_statistics
 from gendistill.evaluation.frechet import frechet_distance
 from gendistill.evaluation.frechet import frechet_distance_from_features
+from gendistill.evaluation.grid import SCATTER_POINTS
 from gendistill.evaluation.grid import make_image_grid
 from gendistill.evaluation.grid import save_image_grid
 from gendistill.evaluation.grid import save_scatter

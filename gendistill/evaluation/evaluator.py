@@ -7,6 +7,11 @@ It reports the dataset's offline metrics (toy2d: MMD, sliced Wasserstein, energy
 digits FD and class accuracy) and, when `eval.inception_weights` names a local Inception file, FID, KID, IS and
 precision/recall against `eval.ref_stats` (an .npz with mu and sigma, e.g. EDM's) and/or `eval.ref_images` real
 images of the dataset. The reference features are computed once, when the evaluator is made.
+
+`eval.inception_preprocessing` picks the Inception input pipeline (gendistill/evaluation/inception.py):
+'nvidia' (the default: the resize of NVIDIA's detector, with which EDM's published reference statistics such
+as cifar10-32x32.npz were computed) or 'pytorch_fid' (for statistics made with pytorch-fid). FID against a
+reference file is only meaningful with the pipeline that made the file.
 """
 from typing import Callable, Dict, Optional
 
@@ -16,6 +21,8 @@ from gendistill.evaluation import digits_classifier
 from gendistill.evaluation import toy_metrics
 
 Evaluator = Callable[[np.ndarray, Optional[np.ndarray]], Dict[str, float]]
+# The pipeline of EDM's reference statistics (NVIDIA's Inception detector).
+DEFAULT_PREPROCESSING = "nvidia"
 
 
 def offline_metrics(dataset) -> Optional[Evaluator]:
@@ -29,7 +36,8 @@ def offline_metrics(dataset) -> Optional[Evaluator]:
 
 
 def inception_metrics(dataset, weights: str, ref_stats: str = "", ref_images: int = 0, batch_size: int = 100,
-                      sharding=None, progress: bool = False) -> Evaluator:
+                      sharding=None, progress: bool = False,
+                      preprocessing: str = DEFAULT_PREPROCESSING) -> Evaluator:
   """FID (and KID, precision/recall with reference images; IS always) with Inception weights from a local file."""
   from gendistill.evaluation import inception, metrics  # pylint: disable=g-import-not-at-top
   if not ref_stats and not ref_images:
@@ -39,7 +47,7 @@ def inception_metrics(dataset, weights: str, ref_stats: str = "", ref_images: in
     raise ValueError(f"Inception metrics need images; dataset {dataset.name!r} holds {dataset.spec.key!r}.")
   if sharding is not None and batch_size % sharding.mesh.size:
     batch_size = sharding.mesh.size * max(1, batch_size // sharding.mesh.size)
-  extractor = inception.InceptionFeatures.from_file(weights, sharding=sharding)
+  extractor = inception.InceptionFeatures.from_file(weights, sharding=sharding, preprocessing=preprocessing)
   stats = metrics.load_stats(ref_stats) if ref_stats else None
   ref_pool = None
   if ref_images:
@@ -64,7 +72,8 @@ def make_evaluator(dataset, eval_config, sharding=None, progress: bool = False) 
   if eval_config.get("inception_weights"):
     parts.append(inception_metrics(dataset, eval_config.inception_weights, eval_config.get("ref_stats", ""),
                                    eval_config.get("ref_images", 0), eval_config.get("inception_batch_size", 100),
-                                   sharding, progress))
+                                   sharding, progress,
+                                   eval_config.get("inception_preprocessing", DEFAULT_PREPROCESSING)))
   if not parts:
     return None
 

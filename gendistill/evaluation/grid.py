@@ -2,13 +2,17 @@
 
 Images in [-1, 1] are quantised as EDM does before saving: uint8(clip(x * 127.5 + 128, 0, 255)) (the cast
 truncates, so this rounds x * 127.5 + 127.5 to nearest). Tiny images (the 16x16 digits) are enlarged by an
-integer nearest-neighbour factor so that the PNG is viewable; `scale=1` keeps the pixels as they are.
+integer nearest-neighbour factor so that the PNG is viewable; `scale=1` keeps the pixels as they are. Tiles are
+separated by a white border (by default 1/32 of a tile, at least one pixel), so that neighbouring samples do
+not run into each other.
 """
 import math
 import os
 
 import numpy as np
 
+# Points of a toy scatter plot (samples, and data drawn under them): enough to show each mode's shape.
+SCATTER_POINTS = 2000
 _AUTO_MIN_TILE = 64  # with scale=None, tiles smaller than this many pixels are enlarged by an integer factor
 
 
@@ -17,14 +21,19 @@ def to_uint8(images):
   return np.clip(np.asarray(images, dtype=np.float32) * 127.5 + 128.0, 0, 255).astype(np.uint8)
 
 
-def make_image_grid(images, ncols=None, scale=None, padding=0, pad_value=255):
+def auto_padding(tile_size: int) -> int:
+  """Pixels between tiles of `tile_size` (after enlargement): 2 for 64-pixel tiles, at least 1."""
+  return max(1, round(tile_size / 32))
+
+
+def make_image_grid(images, ncols=None, scale=None, padding=None, pad_value=255):
   """images [N, H, W, C] (C = 1 or 3) or [N, H, W] in [-1, 1] -> uint8 grid [rows*H', cols*W', C].
 
   Args:
     ncols: tiles per row; default ceil(sqrt(N)). Unused slots of the last row are black.
     scale: integer nearest-neighbour enlargement of every tile; None: the smallest factor that makes tiles at
       least 64 pixels on their shorter side (1 for images that are already that large).
-    padding: pixels between tiles (and around the grid), filled with `pad_value` (uint8).
+    padding: pixels between tiles (and around the grid), filled with `pad_value` (uint8); None: auto_padding.
   """
   images = np.asarray(images)
   if images.ndim == 3:
@@ -41,6 +50,7 @@ def make_image_grid(images, ncols=None, scale=None, padding=0, pad_value=255):
   if scale > 1:
     tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
   h, w = h * scale, w * scale
+  padding = auto_padding(min(h, w)) if padding is None else int(padding)
   ncols = int(ncols) if ncols else math.ceil(math.sqrt(n))
   nrows = math.ceil(n / ncols)
   grid = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding, c), pad_value, np.uint8)
@@ -51,7 +61,7 @@ def make_image_grid(images, ncols=None, scale=None, padding=0, pad_value=255):
   return grid
 
 
-def save_image_grid(images, path, ncols=None, scale=None, padding=0, pad_value=255):
+def save_image_grid(images, path, ncols=None, scale=None, padding=None, pad_value=255):
   """Writes the grid of `make_image_grid` as a PNG (mode L for one channel, RGB for three); returns the array."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
