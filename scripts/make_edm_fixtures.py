@@ -15,6 +15,7 @@ gendistill.convert.testing.fixture_inputs (one image per sigma in 0.002 .. 80). 
                         This script checks that a plain pickle.load does run it.
   edm_format_tiny.npz   its reference outputs, and `heun` samples of the official `edm_sampler`
                         (generate.py; 18 steps = NFE 35) from fixed latents.
+  torch_save_{zip,legacy}.pt  a small state dict in torch.save's two formats (strided views, shared storage).
 Compare ours with: python scripts/check_edm_equivalence.py DIR (needs jax, not torch).
 """
 import argparse
@@ -133,6 +134,17 @@ def make_pickle(edm_dir, networks, out_dir):
   print(f"edm_format_tiny.pkl: {os.path.getsize(pkl)} bytes; trap verified; heun std {heun.std():.3f}")
 
 
+def small_torch_save_files(out_dir):
+  """torch_save_{zip,legacy}.pt: what testing.small_state_dict() holds, written by torch.save in both formats
+  (a transposed view and a slice of a shared storage exercise strides and offsets)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+  sd = {"a.weight": base, "a.bias": base[1, 1:3], "b.weight": base.t(), "c": torch.arange(3, dtype=torch.int64),
+        "h": torch.tensor([0.5, -2.0], dtype=torch.float16)}
+  for ext, zip_format in (("zip", True), ("legacy", False)):
+    torch.save(sd, os.path.join(out_dir, f"torch_save_{ext}.pt"), _use_new_zipfile_serialization=zip_format)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--edm", required=True, help="a checkout of github.com/NVlabs/edm")
@@ -147,6 +159,7 @@ def main():
     make_case(networks, name, preset, precond, args.out)
   if not args.published:
     make_pickle(os.path.abspath(args.edm), networks, args.out)
+    small_torch_save_files(args.out)
 
 
 if __name__ == "__main__":

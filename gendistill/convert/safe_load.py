@@ -12,6 +12,9 @@ persistence wrapper's `_reconstruct_persistent_obj`, which on normal unpickling 
 in the file, is mapped to a function that records the class name, its constructor arguments and its
 parameters, buffers and submodules as data and never looks at the source. Tensors become numpy arrays
 (bfloat16 through ml_dtypes). A plain `pickle.load` of a user's file happens nowhere in the library.
+
+For other network families (e.g. EDM2's): `load_weights(path).network` is the pickle's top object as a
+`PersistentObject` (class_name, init_kwargs, .state_dict()), and mapping.torch_to_flax takes a leaf table.
 """
 import collections
 import dataclasses
@@ -203,12 +206,6 @@ def _load_from_bytes(data):
   return _read_torch_save(io.BytesIO(data), "<storage bytes>", expect_storage=True)
 
 
-def _refuse(name):
-  def fn(*args, **kwargs):
-    raise UnsafePickleError(f"The pickle calls {name}, which is not allowed here.")
-  return fn
-
-
 _ALLOWED = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set,
@@ -276,7 +273,7 @@ def _unwrap(obj):
 class RestrictedUnpickler(pickle.Unpickler):
   """An Unpickler that resolves only the globals in `_ALLOWED` (data-only stand-ins); anything else raises.
 
-  persistent_load: `storages` maps a torch.save storage key to a loader (key, dtype, numel) -> np.ndarray.
+  persistent_load (torch.save files only): `storage_loader(key, dtype, numel) -> np.ndarray` supplies storages.
   """
 
   def __init__(self, file, source: str, storage_loader=None):
