@@ -186,3 +186,18 @@ def test_cli(tmp_path, capsys):
   assert "unet (edm preconditioning)" in capsys.readouterr().out
   assert convert_cli.main([str(tmp_path / "nothing.pkl"), str(tmp_path / "u")]) == 2
   assert "No weights file" in capsys.readouterr().err
+
+
+def test_teacher_source_converted(tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from gendistill import teachers  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "teacher")
+  convert.convert(PKL, out)
+  cfg = ml_collections.ConfigDict(dict(source="converted", workdir=out, step=-1))
+  teacher = teachers.build(cfg, dataset=None)
+  assert teacher.num_classes == 2
+  x, sigma, labels = testing.fixture_inputs((8, 8, 3), 2)
+  ours = np.asarray(teacher(jnp.asarray(x.transpose(0, 2, 3, 1)), sigma, jnp.asarray(labels)))
+  assert np.abs(ours.transpose(0, 3, 1, 2) - _fixture("edm_format_tiny.npz")["out_cond"]).max() < 1e-4
+  with pytest.raises(ValueError, match="teacher.workdir"):
+    teachers.build(ml_collections.ConfigDict(dict(source="converted", workdir="", step=-1)), dataset=None)
