@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gendistill.nets import adm
 from gendistill.nets.denoiser import Denoiser, one_hot_labels
 
 
@@ -63,7 +64,6 @@ def build_backbone(cfg: ml_collections.ConfigDict, spec):
         attn_resolutions=tuple(cfg.attn_resolutions), dropout=cfg.dropout, label_dropout=cfg.label_dropout,
         embedding_type=cfg.embedding_type, dtype=dtype, **unet.edm_fields(cfg))
   if cfg.kind == "adm":
-    from gendistill.nets import adm  # pylint: disable=g-import-not-at-top
     cls = adm.DhariwalUNet if remat == "none" else rematerialised(adm.DhariwalUNet, remat)
     return cls(**adm.fields(cfg, spec), dtype=dtype)
   if cfg.kind == "mlp":

@@ -12,6 +12,7 @@ import jax
 import ml_collections
 from flax import struct
 
+from gendistill import convert
 from gendistill.teachers import analytic
 from gendistill.nets.denoiser import bind_denoiser
 
@@ -106,7 +107,6 @@ def build(cfg: ml_collections.ConfigDict, dataset, network: Optional[ml_collecti
   if cfg.source == "converted":  # a published network converted by `python -m gendistill.convert`
     if not cfg.workdir:
       raise ValueError("teacher.source='converted' needs teacher.workdir (the directory gendistill.convert wrote).")
-    from gendistill import convert  # pylint: disable=g-import-not-at-top
     return convert.load_teacher(cfg.workdir)
   if cfg.source == "random":
     if network is None:
