@@ -24,7 +24,7 @@ def get_config(objective: str = "edm") -> ml_collections.ConfigDict:
   c.data.update(name="digits", image_size=16, tfds_name="cifar10", batch_size=128, conditional=True)
 
   c.network = ml_collections.ConfigDict(dict(
-      kind="unet",            # unet | mlp
+      kind="unet",            # unet | adm | edm2 | mlp
       preconditioning="edm",  # edm | vp | ve
       sigma_data=0.5,
       # UNet (DDPM++ / SongUNet structure); see gendistill/nets/unet.py PRESETS
@@ -33,6 +33,7 @@ def get_config(objective: str = "edm") -> ml_collections.ConfigDict:
       num_blocks=2,
       attn_resolutions=(8,),
       embedding_type="positional",
+      **unet.EDM_FIELDS,      # SongUNet's optional fields (NCSN++, augmentation labels) for converted teachers
       dropout=0.1,
       label_dropout=0.0,      # > 0 trains the unconditional model too, for classifier-free guidance
       # MLP (toy vectors)

@@ -198,15 +198,18 @@ def test_presets_build():
   assert sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(cifar)) == 55_732_739  # EDM: 55.73M
 
 
-def test_fourier_embedding_and_buffer_override():
-  model = _tiny(0, embedding_type="fourier")
-  assert set(jax.eval_shape(model.init, _key(0), *_inputs(0)[:2])) == {"params"}  # no buffer by default
+def test_fourier_embedding_frequencies_are_a_frozen_parameter():
   noise = np.array([-1.0, 0.0, 0.25], np.float32)
-  embed = jax.jit(unet._Embedding(16, "fourier").apply)  # pylint: disable=protected-access
+  module = unet._Embedding(16, "fourier")  # pylint: disable=protected-access
+  variables = module.init(_key(0), noise)
   freqs = layers.fourier_frequencies(16)
-  for variables, f in [({}, freqs), ({"buffers": {"freqs": jnp.asarray(freqs[::-1].copy())}}, freqs[::-1])]:
+  np.testing.assert_array_equal(variables["params"]["freqs"], freqs)  # EDM's buffer converts into this leaf
+  for f in (freqs, freqs[::-1].copy()):
     nf = noise[:, None] * 2 * np.pi * f
-    np.testing.assert_allclose(embed(variables, noise), np.concatenate([np.cos(nf), np.sin(nf)], 1), atol=1e-4)
+    out = jax.jit(module.apply)({"params": {"freqs": jnp.asarray(f)}}, noise)
+    np.testing.assert_allclose(out, np.concatenate([np.cos(nf), np.sin(nf)], 1), atol=1e-4)
+  grads = jax.grad(lambda v: module.apply(v, noise).sum())(variables)
+  assert not np.any(np.asarray(grads["params"]["freqs"]))  # never trained
 
 
 def test_bfloat16_compute_keeps_float32_params_and_output():

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gendistill.nets import adm
 from gendistill.nets import discriminator
 from gendistill.nets import mlp
 from gendistill.nets import unet
@@ -69,14 +70,17 @@ def build_backbone(cfg: ml_collections.ConfigDict, spec):
         img_resolution=height, in_channels=channels, out_channels=channels, label_dim=spec.num_classes,
         model_channels=cfg.model_channels, channel_mult=tuple(cfg.channel_mult), num_blocks=cfg.num_blocks,
         attn_resolutions=tuple(cfg.attn_resolutions), dropout=cfg.dropout, label_dropout=cfg.label_dropout,
-        embedding_type=cfg.embedding_type, dtype=dtype)
+        embedding_type=cfg.embedding_type, dtype=dtype, **unet.edm_fields(cfg))
+  if cfg.kind == "adm":
+    cls = adm.DhariwalUNet if remat == "none" else rematerialised(adm.DhariwalUNet, remat)
+    return cls(**adm.fields(cfg, spec), dtype=dtype)
   if cfg.kind == "mlp":
     if len(spec.shape) != 1:
       raise ValueError(f"The MLP takes vectors; got per-sample shape {spec.shape}.")
     cls = mlp.MLP if remat == "none" else rematerialised(mlp.MLP, remat)
     return cls(data_dim=spec.shape[0], label_dim=spec.num_classes, hidden=cfg.mlp_hidden, depth=cfg.mlp_depth,
                dropout=cfg.dropout, label_dropout=cfg.label_dropout, dtype=dtype)
-  raise ValueError(f"Unknown network.kind {cfg.kind!r}; expected 'unet' or 'mlp'.")
+  raise ValueError(f"Unknown network.kind {cfg.kind!r}; expected 'unet', 'adm' or 'mlp'.")
 
 
 def build_denoiser(cfg: ml_collections.ConfigDict, spec) -> Denoiser:

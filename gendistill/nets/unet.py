@@ -9,12 +9,15 @@ a block `norm0`, `conv0`, `affine`, `norm1`, `conv1`, `skip`, `norm2`, `qkv`, `p
 HWIO conv kernels (EDM OIHW), [in, out] dense kernels (EDM [out, in]), leaves `kernel`/`bias`/`scale` (EDM
 `weight`/`bias`). The qkv channel layout is EDM's, so qkv/proj weights convert one to one.
 
+Both published variants: DDPM++ (encoder_type 'standard', positional embedding, resample filter (1, 1)) and
+NCSN++ (encoder_type 'residual' with `enc/{res}x{res}_aux_residual`, Fourier embedding, filter (1, 3, 3, 1),
+channel_mult_noise 2). The PyTorch <-> Flax key mapping is gendistill/convert/mapping.py's table.
+
 Deviations from SongUNet:
-- Only the standard encoder and decoder (DDPM++, and NCSN++'s decoder); SongUNet's encoder_type 'skip' and
-  'residual' and decoder_type 'skip' are not implemented.
-- The Fourier embedding's random buffer (NCSN++) is derived deterministically (numpy seed 0, times 16) and is
-  not a parameter; a converter may supply EDM's buffer as the variable `buffers/map_noise/freqs`, which then
-  takes precedence.
+- SongUNet's encoder_type 'skip' and decoder_type 'skip' (used by no published EDM file) are not implemented.
+- The Fourier embedding's random buffer (NCSN++) is the parameter `map_noise/freqs` behind a stop_gradient
+  (so it converts like any weight and never trains); at init it is drawn deterministically (numpy seed 0,
+  times 16), not from torch's generator.
 - `class_labels=None` with label_dim > 0 means unconditional (all-zero labels).
 - `map_augment` has no bias, so with augment_dim > 0 and augment_labels=None the labels are taken as zeros
   (equal to SongUNet skipping the layer, but the parameters always exist after init).
@@ -57,6 +60,19 @@ PRESETS = {
     "cifar10": dict(img_resolution=32, in_channels=3, out_channels=3, model_channels=128,
                     channel_mult=(2, 2, 2), num_blocks=4, attn_resolutions=(16,), dropout=0.13),
 }
+
+
+# Optional `network` config keys of EDM's SongUNet (defaults: DDPM++ without augmentation labels); a config
+# section without them builds the DDPM++ network it always did.
+EDM_FIELDS = dict(augment_dim=0, channel_mult_emb=4, channel_mult_noise=1, encoder_type="standard",
+                  resample_filter=(1, 1))
+
+
+def edm_fields(cfg) -> dict:
+  """The EDM_FIELDS values of a `network` config section (defaults where a key is absent)."""
+  out = {k: cfg.get(k, v) for k, v in EDM_FIELDS.items()}
+  out["resample_filter"] = tuple(out["resample_filter"])
+  return out
 
 
 class UNetBlock(nn.Module):
@@ -103,8 +119,8 @@ class UNetBlock(nn.Module):
       orig = conv(cout, kernel, self.init_weight, up=self.up, down=self.down, name="skip")(orig)
     x = (x + orig) * self.skip_scale
 
-    if self.attention:
-      heads = self.num_heads if self.num_heads is not None else cout // self.channels_per_head
+    heads = self.num_heads if self.num_heads is not None else cout // self.channels_per_head
+    if self.attention and heads:  # as EDM: fewer channels than one head means no attention layer
       attn_weight = self.init_attn_weight if self.init_attn_weight is not None else self.init_weight
       qkv = conv(cout * 3, 1, attn_weight, name="qkv")(norm("norm2")(x))
       a = layers.attention(qkv, heads)
@@ -121,26 +137,51 @@ class _Embedding(nn.Module):
   def __call__(self, noise_labels):
     if self.embedding_type == "positional":
       return layers.positional_embedding(noise_labels, self.num_channels, endpoint=True)
-    if self.has_variable("buffers", "freqs"):
-      freqs = self.get_variable("buffers", "freqs")
-    else:
-      freqs = layers.fourier_frequencies(self.num_channels, scale=16.0)
-    return layers.fourier_embedding(noise_labels, freqs)
+    freqs = self.param("freqs", lambda _: jnp.asarray(layers.fourier_frequencies(self.num_channels, scale=16.0)))
+    return layers.fourier_embedding(noise_labels, jax.lax.stop_gradient(freqs))
+
+
+class _FusedDownConv(nn.Module):
+  """EDM's Conv2d(kernel=k, down=True, fused_resample=True) (NCSN++'s `aux_residual`): a k x k convolution
+  padded by k // 2 + (len(f) - 1) // 2, then the depthwise filter f f^T / sum(f)^2 at stride 2, unpadded."""
+  features: int
+  kernel: int = 3
+  resample_filter: Sequence[float] = (1, 3, 3, 1)
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(self.dtype)
+    k, cin = self.kernel, x.shape[-1]
+    w = self.param("kernel", layers.xavier_uniform(1.0), (k, k, cin, self.features), jnp.float32)
+    f = np.outer(self.resample_filter, self.resample_filter).astype(np.float32)
+    f = f / f.sum()
+    pad = k // 2 + (f.shape[0] - 1) // 2
+    dims = ("NHWC", "HWIO", "NHWC")
+    y = jax.lax.conv_general_dilated(x, w.astype(self.dtype), (1, 1), ((pad, pad), (pad, pad)),
+                                     dimension_numbers=dims)
+    fk = jnp.asarray(np.tile(f[:, :, None, None], (1, 1, 1, self.features)), self.dtype)
+    y = jax.lax.conv_general_dilated(y, fk, (2, 2), "VALID", dimension_numbers=dims,
+                                     feature_group_count=self.features)
+    b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    return y + b.astype(self.dtype)
 
 
 class _Encoder(nn.Module):
-  """SongUNet's `enc` ModuleDict (standard encoder). Returns the list of skip activations."""
+  """SongUNet's `enc` ModuleDict (standard or residual encoder). Returns the list of skip activations."""
   img_resolution: int
   model_channels: int
   channel_mult: Sequence[int]
   num_blocks: int
   attn_resolutions: Sequence[int]
   block_kwargs: Any
+  encoder_type: str = "standard"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, emb, train: bool = False):
     skips = []
+    aux = x
     cout = x.shape[-1]
     for level, mult in enumerate(self.channel_mult):
       res = self.img_resolution >> level
@@ -149,6 +190,10 @@ class _Encoder(nn.Module):
         x = layers.Conv2d(cout, 3, dtype=self.dtype, name=f"{res}x{res}_conv")(x)
       else:
         x = UNetBlock(cout, down=True, **self.block_kwargs, name=f"{res}x{res}_down")(x, emb, train)
+        if self.encoder_type == "residual":
+          conv = _FusedDownConv(cout, 3, tuple(self.block_kwargs["resample_filter"]), dtype=self.dtype,
+                                name=f"{res}x{res}_aux_residual")
+          x = aux = (x + conv(aux)) * float(np.sqrt(0.5))
       skips.append(x)
       for idx in range(self.num_blocks):
         cout = self.model_channels * mult
@@ -216,6 +261,7 @@ class UNet(nn.Module):
   label_dropout: float = 0.0
   embedding_type: str = "positional"
   channel_mult_noise: int = 1
+  encoder_type: str = "standard"
   resample_filter: Sequence[float] = (1, 1)
   dtype: Dtype = jnp.float32
 
@@ -224,6 +270,8 @@ class UNet(nn.Module):
                return_features: bool = False):
     if self.embedding_type not in ("positional", "fourier"):
       raise ValueError(f"embedding_type must be 'positional' or 'fourier', got {self.embedding_type!r}.")
+    if self.encoder_type not in ("standard", "residual"):
+      raise ValueError(f"encoder_type must be 'standard' or 'residual', got {self.encoder_type!r}.")
     if x.shape[1:] != (self.img_resolution, self.img_resolution, self.in_channels):
       raise ValueError(f"UNet expects [N, {self.img_resolution}, {self.img_resolution}, {self.in_channels}] "
                        f"inputs, got {x.shape}.")
@@ -258,7 +306,7 @@ class UNet(nn.Module):
     arch = dict(img_resolution=self.img_resolution, model_channels=self.model_channels,
                 channel_mult=tuple(self.channel_mult), num_blocks=self.num_blocks,
                 attn_resolutions=tuple(self.attn_resolutions), block_kwargs=block_kwargs, dtype=self.dtype)
-    skips = _Encoder(**arch, name="enc")(x.astype(self.dtype), emb, train)
+    skips = _Encoder(**arch, encoder_type=self.encoder_type, name="enc")(x.astype(self.dtype), emb, train)
     features = skips[-1]
     out = _Decoder(out_channels=self.out_channels, **arch, name="dec")(skips, emb, train)
     out = out.astype(jnp.float32)

@@ -14,6 +14,7 @@ import ml_collections
 from flax import struct
 
 from gendistill import checkpoint
+from gendistill import convert
 from gendistill import nets
 from gendistill import objectives
 from gendistill.data.spec import DataSpec, abstract_batch
@@ -41,7 +42,7 @@ def gaussian_mixture(weights, means, covs) -> Teacher:
 
 def teacher_config() -> ml_collections.ConfigDict:
   """The `teacher` config section. source: none | analytic (the data's own mixture) | workdir (a run of ours) |
-  random (a randomly initialised network of the run's `network` section: smoke tests without a trained teacher)."""
+  converted (workdir = a directory written by `python -m gendistill.convert`) | random (a randomly initialised network of the run's `network` section: smoke tests without a trained teacher)."""
   return ml_collections.ConfigDict(dict(source="none", workdir="", step=-1))
 
 
@@ -98,11 +99,15 @@ def build(cfg: ml_collections.ConfigDict, dataset, network: Optional[ml_collecti
     if not cfg.workdir:
       raise ValueError("teacher.source='workdir' needs teacher.workdir.")
     return from_workdir(cfg.workdir, cfg.step)
+  if cfg.source == "converted":  # a published network converted by `python -m gendistill.convert`
+    if not cfg.workdir:
+      raise ValueError("teacher.source='converted' needs teacher.workdir (the directory gendistill.convert wrote).")
+    return convert.load_teacher(cfg.workdir)
   if cfg.source == "random":
     if network is None:
       raise ValueError("teacher.source='random' needs the run's network config: build(cfg, dataset, network).")
     return random_network(network, dataset.spec)
-  raise ValueError(f"Unknown teacher.source {cfg.source!r}; expected none, analytic, workdir or random.")
+  raise ValueError(f"Unknown teacher.source {cfg.source!r}; expected none, analytic, workdir, converted or random.")
 
 
 def device_put(teacher: Optional[Teacher]):
