@@ -69,7 +69,11 @@ def build_backbone(cfg: ml_collections.ConfigDict, spec):
     cls = mlp.MLP if remat == "none" else rematerialised(mlp.MLP, remat)
     return cls(data_dim=spec.shape[0], label_dim=spec.num_classes, hidden=cfg.mlp_hidden, depth=cfg.mlp_depth,
                dropout=cfg.dropout, label_dropout=cfg.label_dropout, dtype=dtype)
-  raise ValueError(f"Unknown network.kind {cfg.kind!r}; expected 'unet' or 'mlp'.")
+  if cfg.kind == "edm2":
+    from gendistill.nets import edm2  # pylint: disable=g-import-not-at-top
+    cls = edm2.EDM2 if remat == "none" else rematerialised(edm2.EDM2, remat)
+    return cls(**edm2.fields_from_config(cfg, spec), dtype=dtype)
+  raise ValueError(f"Unknown network.kind {cfg.kind!r}; expected 'unet', 'mlp' or 'edm2'.")
 
 
 def build_denoiser(cfg: ml_collections.ConfigDict, spec) -> Denoiser:
