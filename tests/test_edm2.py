@@ -44,6 +44,8 @@ def test_matches_official_network(fixture, name):
   apply = jax.jit(net.apply)
   d = apply(variables, x, sigma, None if labels is None else jnp.asarray(labels))
   np.testing.assert_allclose(d, fixture[f"{name}/D_labels"], rtol=0, atol=1e-4)
+  c_skip = 0.25 / (sigma**2 + 0.25)
+  assert np.abs(fixture[f"{name}/D_labels"] - c_skip[:, None, None, None] * x).max() > 0.1  # F matters
   if labels is not None:
     assert config["label_dim"] > 0
     d_none = apply(variables, x, sigma, None)
@@ -139,9 +141,26 @@ def test_bad_state_dicts_name_the_keys(fixture):
     edm2.from_torch_state_dict(good, dict(config, model_channels=16))
   with pytest.raises(ValueError, match="Unsupported EDM2 Precond arguments"):
     edm2.config_from_official(dict(img_resolution=8, img_channels=3, label_dim=0, embedding_type="fourier"))
-  assert edm2.config_from_official(dict(img_resolution=64, img_channels=3, label_dim=1000, model_channels=192,
-                                        dropout=0.0, use_fp16=True)) == dict(
-      img_resolution=64, img_channels=3, label_dim=1000, model_channels=192, dropout=0.0)
+
+
+def test_official_constructor_arguments_to_a_network_section(fixture):
+  """What a converter does with a published pickle: Precond kwargs -> network section + spec -> nets.build_denoiser
+  -> the weights -> the official outputs."""
+  config, _, _ = _case(fixture, "uncond")
+  kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+  arch = edm2.architecture_from_official(dict(kwargs, use_fp16=True, sigma_data=0.5))
+  assert arch["shape"] == (8, 8, 2) and arch["num_classes"] == 0
+  cfg = ml_collections.ConfigDict(dict(arch["network"], dtype="float32", remat="none", label_dropout=0.0))
+  spec = DataSpec(key="image", shape=arch["shape"], num_classes=arch["num_classes"])
+  assert edm2.fields_from_config(cfg, spec) == dict(edm2.DEFAULTS, **edm2.config_from_official(kwargs),
+                                                     label_dropout=0.0)
+  net = nets.build_denoiser(cfg, spec)
+  variables = edm2.from_torch_state_dict(edm2.random_state_dict(config, int(fixture["seed"])),
+                                         edm2.fields_from_config(cfg, spec))
+  d = jax.jit(net.apply)(variables, jnp.asarray(fixture["uncond/x"]), jnp.asarray(fixture["uncond/sigma"]), None)
+  np.testing.assert_allclose(d, fixture["uncond/D_labels"], rtol=0, atol=1e-4)
+  with pytest.raises(ValueError, match="sigma_data"):
+    edm2.architecture_from_official(dict(kwargs, sigma_data=1.0))
 
 
 def test_build_by_kind_train_mode_and_remat():

@@ -400,11 +400,14 @@ def fields_from_config(cfg, spec) -> Dict[str, Any]:
   return fields
 
 
+OFFICIAL_CLASS = "training.networks_edm2.Precond"  # the network class recorded in EDM2's published pickles
+
+
 def config_from_official(kwargs: Mapping[str, Any]) -> Dict[str, Any]:
   """EDM2 fields from the constructor arguments of an EDM2 `Precond` (as recorded in its published pickles).
 
-  Unknown arguments are an error (they could change the network); use_fp16 and sigma_data (0.5 in every
-  published file; our Denoiser's network.sigma_data) do not change the network's parameters.
+  Unknown arguments are an error (they could change the network); use_fp16 does not change the parameters,
+  sigma_data must be 0.5 (every published file; our Denoiser's network.sigma_data).
   """
   known = set(EDM2.__dataclass_fields__) - {"parent", "name", "dtype", "label_dropout"}
   unknown = sorted(k for k in kwargs if k not in known and k not in _IGNORED_OFFICIAL_KWARGS)
@@ -414,9 +417,29 @@ def config_from_official(kwargs: Mapping[str, Any]) -> Dict[str, Any]:
   if missing:
     raise ValueError(f"EDM2 Precond arguments {missing} are required.")
   if kwargs.get("sigma_data", 0.5) != 0.5:
-    raise ValueError(f"EDM2 network with sigma_data={kwargs['sigma_data']}: set network.sigma_data to match.")
-  config = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in kwargs.items() if k in known}
-  return config
+    raise ValueError(f"EDM2 network with sigma_data={kwargs['sigma_data']}; only 0.5 (all published files) is "
+                     "supported.")
+  return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in kwargs.items() if k in known}
+
+
+def architecture_from_official(kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+  """dict(network=<network config section, kind 'edm2'>, shape=(R, R, C), num_classes=L) from an EDM2 Precond's
+  constructor arguments; `fields_from_config(section, DataSpec(shape, num_classes))` gives the same network."""
+  fields = config_from_official(kwargs)
+  network = dict(kind="edm2", preconditioning="edm", sigma_data=0.5)
+  network.update({k: fields.get(k, v) for k, v in DEFAULTS.items()})
+  r, c = int(fields["img_resolution"]), int(fields["img_channels"])
+  return dict(network=network, shape=(r, r, c), num_classes=int(fields["label_dim"]))
+
+
+# Teacher presets in the converter's format (dict(network=<section>, shape, num_classes)), for state-dict files
+# that record no constructor arguments. The published pickles (`edm2-img64-{size}-{kimg}-{ema std}.pkl`, e.g.
+# edm2-img64-s-1073741-0.075.pkl, -m-2147483-0.060, -l-1073741-0.040, -xl-0671088-0.040, the FID-best EMA
+# lengths; the guide edm2-img64-xs-0134217-0.110) record them: an EasyDict with 'ema' (the Precond, stored in
+# float16: convert in float32), 'encoder' (StandardRGBEncoder: pixels / 127.5 - 1, our image range),
+# 'dataset_kwargs' and 'loss_fn'.
+TEACHER_PRESETS = {("tiny-edm2" if name == "tiny" else name): architecture_from_official(fields)
+                   for name, fields in PRESETS.items()}
 
 
 # ------------------------------------------------------------------------------------------------------------
