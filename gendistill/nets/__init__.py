@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gendistill.nets import adm
+from gendistill.nets import edm2
 from gendistill.nets import discriminator
 from gendistill.nets import mlp
 from gendistill.nets import unet
@@ -80,7 +81,10 @@ def build_backbone(cfg: ml_collections.ConfigDict, spec):
     cls = mlp.MLP if remat == "none" else rematerialised(mlp.MLP, remat)
     return cls(data_dim=spec.shape[0], label_dim=spec.num_classes, hidden=cfg.mlp_hidden, depth=cfg.mlp_depth,
                dropout=cfg.dropout, label_dropout=cfg.label_dropout, dtype=dtype)
-  raise ValueError(f"Unknown network.kind {cfg.kind!r}; expected 'unet', 'adm' or 'mlp'.")
+  if cfg.kind == "edm2":
+    cls = edm2.EDM2 if remat == "none" else rematerialised(edm2.EDM2, remat)
+    return cls(**edm2.fields_from_config(cfg, spec), dtype=dtype)
+  raise ValueError(f"Unknown network.kind {cfg.kind!r}; expected 'unet', 'adm', 'edm2' or 'mlp'.")
 
 
 def build_denoiser(cfg: ml_collections.ConfigDict, spec) -> Denoiser:
