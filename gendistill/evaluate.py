@@ -9,6 +9,7 @@ Results are printed and written to DIR/eval/step_<step>.json.
 """
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -24,6 +25,7 @@ from gendistill import objectives
 from gendistill import sharding
 from gendistill import teachers
 from gendistill import train
+from gendistill import validation
 from gendistill.data import DataSpec
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.")
@@ -41,11 +43,21 @@ _REF_FROM_DATA = flags.DEFINE_integer("ref_images_from_data", 0,
 def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size: int = 250, steps=None, seed=0,
                  inception_weights=None, ref_stats_path=None, ref_images_from_data=0, progress=False):
   """Samples a run's checkpoint and evaluates it with the run's evaluator (gendistill.evaluation.make_evaluator);
-  the Inception arguments, when given, replace the run's eval.inception_weights / ref_stats / ref_images."""
+  the Inception arguments, when given, replace the run's eval.inception_weights / ref_stats / ref_images.
+  Every argument and file is checked before anything is restored or sampled (ConfigError naming it)."""
+  validation.check_eval_args(num_samples, batch_size, steps, ref_stats_path, inception_weights,
+                             ref_images_from_data)
+  if not workdir or not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir={workdir!r} is not a directory.")
   info = ckpt_lib.read_run_info(workdir)
   if info is None:
     raise FileNotFoundError(f"{workdir} holds no gendistill run (config.json is missing).")
   config = ml_collections.ConfigDict(info["config"])
+  if not inception_weights and config.eval.get("ref_stats"):   # the run's own reference, checked before sampling
+    problem = validation.ref_stats_problem(config.eval.ref_stats)
+    if problem:
+      raise validation.ConfigError(f"eval.ref_stats = {config.eval.ref_stats!r} of the run: expected {problem}")
+  steps = steps or None
   spec = DataSpec(**{**info["spec"], "shape": tuple(info["spec"]["shape"])})
   dataset = data_lib.build(config.data)
   objective = objectives.build(config, spec)
@@ -78,9 +90,13 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
 
 
 def main(argv):
-  del argv
-  results = evaluate_run(_WORKDIR.value, _CHECKPOINT.value, _NUM.value, _BATCH.value, _STEPS.value, _SEED.value,
-                         _WEIGHTS.value, _REF_STATS.value, _REF_FROM_DATA.value, progress=True)
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    results = evaluate_run(_WORKDIR.value, _CHECKPOINT.value, _NUM.value, _BATCH.value, _STEPS.value,
+                           _SEED.value, _WEIGHTS.value, _REF_STATS.value, _REF_FROM_DATA.value, progress=True)
+  except train.CLEAR_ERRORS as e:   # the message says it all; no traceback
+    sys.exit(f"error: {e}")
   logging.info("%s", results)
   print(json.dumps(results, indent=2))
 

@@ -2,7 +2,12 @@
 
 Multi-host: pass --distributed (or set the usual JAX coordinator environment variables) and every process
 runs the same command; jax.distributed.initialize() picks up the cluster.
+
+Exit status: 0 trained and evaluated; 1 a clear error (bad config or file, busy workdir, divergence: the
+message says which and what to do); 143 stopped by SIGTERM after saving a checkpoint (relaunch to resume).
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -24,7 +29,13 @@ def main(argv):
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, %d local devices", jax.process_index(), jax.process_count(),
                jax.local_device_count())
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except train.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(train.PREEMPTED_EXIT_CODE)
+  except train.CLEAR_ERRORS as e:   # the message says it all; no traceback
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
