@@ -250,15 +250,24 @@ def _health(params_norms, metrics, max_param_norm: float) -> Optional[str]:
   return None
 
 
-_param_norms = jax.jit(lambda params, ema: {**{r: jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-                                                               for x in jax.tree.leaves(p)))
-                                               for r, p in params.items()},
-                                            **{f"ema/{r}": jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-                                                                        for x in jax.tree.leaves(p)))
-                                               for r, p in ema.items()}})
+def _tree_norm(tree):
+  """The L2 norm of a pytree, scaled by its largest entry so that finite garbage (~1e28) is not inf in float32."""
+  leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
+  if not leaves:
+    return jnp.zeros(())
+  top = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
+  scale = jnp.where(top > 0, top, 1.0)
+  return top * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves))
+
+
+@jax.jit
+def _param_norms(params, ema):
+  return {**{r: _tree_norm(p) for r, p in params.items()}, **{f"ema/{r}": _tree_norm(p) for r, p in ema.items()}}
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, compiled_step=None):
+  if not workdir or (os.path.exists(workdir) and not os.path.isdir(workdir)):
+    raise validation.ConfigError(f"--workdir={workdir!r} must be a directory (or a path to create one at).")
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   lock = WorkdirLock(workdir) if is_main else None
@@ -318,7 +327,7 @@ def _locked_train_and_evaluate(config, workdir, mesh, compiled_step, is_main):
                    tc.num_steps)
       return state
 
-    def periodic(step: int, final: bool = False):
+    def periodic(state, step: int, final: bool = False):
       # Sampling runs on every process (it is one sharded computation); only process 0 writes.
       results = {}
       if final or (tc.sample_every and step % tc.sample_every == 0):
@@ -341,7 +350,7 @@ def _locked_train_and_evaluate(config, workdir, mesh, compiled_step, is_main):
                           is_main)
     ckpt.wait()
     step = int(jax.device_get(state.step))
-    results = periodic(step, final=True)
+    results = periodic(state, step, final=True)
     if is_main:
       skipped = {r: int(v) for r, v in jax.device_get(state.skipped).items()}
       tmp = os.path.join(workdir, "final.json.tmp")
@@ -418,7 +427,7 @@ def _train_loop(config, workdir, state, sharded, teacher, iterator, ckpt, writer
         progress.close()
         raise Preempted(done, workdir)
       if done < tc.num_steps:
-        periodic(done)
+        periodic(state, done)
   progress.close()
   return state
 
