@@ -247,8 +247,9 @@ def _saved(workdir):
                 if os.path.basename(d).isdigit())
 
 
-def _saving(workdir):
-  return any("tmp" in os.path.basename(d) for d in glob.glob(os.path.join(workdir, "checkpoints", "*")))
+def _tmp_dirs(workdir):
+  """orbax writes a checkpoint into a temporary folder and renames it when complete."""
+  return {d for d in glob.glob(os.path.join(workdir, "checkpoints", "*")) if "tmp" in os.path.basename(d)}
 
 
 def interrupt_cycles(workdir, kills, sigterms, seed=0):
@@ -258,20 +259,22 @@ def interrupt_cycles(workdir, kills, sigterms, seed=0):
   rnd.shuffle(plan)
   for kind in plan:
     before = _saved(workdir)
+    old_tmp = _tmp_dirs(workdir)      # left by earlier kills during saves
+    _saving = lambda: bool(_tmp_dirs(workdir) - old_tmp)
     proc = _launch(workdir)
     deadline = time.time() + 300
     # Wait for progress past what this launch restored, then a random moment (or the next save in flight).
     while time.time() < deadline and proc.poll() is None and _saved(workdir)[-1:] == before[-1:]:
       time.sleep(0.01)
     if kind == "kill_save":
-      while time.time() < deadline and proc.poll() is None and not _saving(workdir):
+      while time.time() < deadline and proc.poll() is None and not _saving():
         time.sleep(0.001)
     else:
       time.sleep(rnd.uniform(0.0, 0.2))
     if proc.poll() is not None:
       log.append((kind, "finished before the signal"))
       break
-    during_save = _saving(workdir)
+    during_save = _saving()
     proc.send_signal(signal.SIGTERM if kind == "term" else signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     ok = proc.returncode == (143 if kind == "term" else -signal.SIGKILL)

@@ -136,6 +136,9 @@ def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> N
   from gendistill import data as data_lib  # pylint: disable=g-import-not-at-top
   if "name" in dc and dc.name not in data_lib.NAMES:
     p.add("data.name", dc.name, f"one of {data_lib.NAMES}")
+  from gendistill.data import toy2d  # pylint: disable=g-import-not-at-top
+  if dc.get("name") == "toy2d" and dc.get("toy2d_kind") not in toy2d.KINDS:
+    p.add("data.toy2d_kind", dc.get("toy2d_kind"), f"one of {toy2d.KINDS}")
 
   sc = config.get("sampler", {})
   p.int_at_least(config, "sampler", "num_steps", 1)
