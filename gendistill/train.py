@@ -1,8 +1,11 @@
 """train_and_evaluate(config, workdir): the training loop, the same for every objective.
 
 Importable from notebooks and tests; `gendistill.main` is only the command-line wrapper around it.
-Order on start: build data, teacher, objective -> restore the newest checkpoint if the workdir has one
-(state, RNG and data position) -> otherwise initialise -> loop.
+Order on start: check the whole config (validation.check_config) -> lock the workdir (one writer) -> check
+the workdir and a resumed run's config -> build data, teacher, objective -> restore the newest readable
+checkpoint if the workdir has one (state, RNG and data position; unreadable newer ones are set aside) ->
+otherwise initialise -> drop metric rows the run will redo -> loop -> final grid and evaluation -> final.json.
+A checkpoint is written only for a healthy state (_health); SIGTERM saves one and raises Preempted.
 
 Everything runs on the mesh of `config.mesh` (gendistill/sharding.py): the state is initialised directly in its
 shards (jit of init with out_shardings, from eval_shape), restored into this mesh's shardings whatever mesh

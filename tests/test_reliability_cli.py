@@ -52,7 +52,6 @@ def test_sigterm_saves_exits_cleanly_and_resumes_bit_exact(tmp_path):
   assert "Preempted (SIGTERM) at step" in err
   saved = max(int(os.path.basename(d)) for d in glob.glob(os.path.join(ckpt_dir, "*")) if os.path.basename(d).isdigit())
   assert saved < STEPS, "the run ended before the signal"
-  assert saved % 10 != 0 or saved >= 10
   assert not os.path.exists(os.path.join(stopped, "final.json"))
 
   for workdir in (stopped, straight):
