@@ -412,9 +412,11 @@ def _train_loop(config, workdir, state, sharded, teacher, iterator, ckpt, writer
         progress.set_postfix({k: f"{v:.4g}" for k, v in fetched.items() if k.endswith("loss")}, refresh=False)
       progress.update(1)
       stop = sigterm.raised
-      if jax.process_count() > 1 and (stop or done % tc.log_every == 0):   # every process stops at one step
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-        stop = bool(np.any(multihost_utils.process_allgather(np.int32(stop))))
+      if jax.process_count() > 1:   # all processes agree at log steps, so that they all stop at the same step
+        stop = False
+        if done % tc.log_every == 0:
+          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+          stop = bool(np.any(multihost_utils.process_allgather(np.int32(sigterm.raised))))
       if done % tc.checkpoint_every == 0 or done == tc.num_steps or stop:
         norms = {k: float(v) for k, v in jax.device_get(_param_norms(state.params, state.ema)).items()}
         why = _health(norms, fetched if fetched is not None else jax.device_get(metrics), max_param_norm)
