@@ -60,6 +60,8 @@ def get_config(objective: str = "edm") -> ml_collections.ConfigDict:
       eval_every=0,           # evaluation hook; 0 = only at the end
       num_grid_samples=64,
       max_nonfinite_logs=3,   # stop after this many consecutive non-finite logged losses
+      max_skipped_fraction=0.05,  # stop when a role's non-finite gradient steps exceed this fraction of the steps
+      max_param_norm=1e6,     # health check: a larger parameter norm is a blow-up, never a good checkpoint (0: off)
       microbatches=1,         # gradient accumulation: each global batch in this many micro-batches (lax.scan)
   ))
 
@@ -101,9 +103,20 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+# Every flag a preset accepts after its dataset (a preset taking a new flag adds it here): a misspelt one is an
+# error, not a silently different run.
+KNOWN_FLAGS = ("smoke", "grid25", "vsd", "noreg", "fewstep", "reverse_kl", "softened_rkl", "js", "squared_hellinger",
+               "forward_kl", "jeffreys", "neyman_chi2")
+KNOWN_FLAG_PREFIXES = ("teacher=",)
+
+
 def parse_arg(arg: str):
   """'digits,smoke' -> ('digits', {'smoke'})."""
   parts = [p for p in (arg or "").split(",") if p]
+  unknown = [p for p in parts[1:] if p not in KNOWN_FLAGS and not p.startswith(KNOWN_FLAG_PREFIXES)]
+  if unknown:
+    raise ValueError(f"Unknown preset flag(s) {unknown} in {arg!r}; known flags: {', '.join(KNOWN_FLAGS)} and "
+                     f"{', '.join(p + '...' for p in KNOWN_FLAG_PREFIXES)}.")
   return (parts[0] if parts else ""), set(parts[1:])
 
 

@@ -47,7 +47,7 @@ def distillation_config(objective: str, arg: str):
     kind = "grid25_unequal" if "grid25" in flags else "ring8_unequal"
     c.data.update(name="toy2d", toy2d_kind=kind, batch_size=256, conditional=False)
     c.network.update(kind="mlp", mlp_hidden=256, mlp_depth=4, dropout=0.0)
-    c.teacher.update(source="analytic")
+    c.teacher.update(source="analytic", workdir=teacher or "")   # a teacher= here is an error at validation
     c.train.update(num_steps=3000, log_every=100, checkpoint_every=1000, sample_every=1000)
     c.eval.update(num_samples=4000, batch_size=4000)
   elif dataset == "digits":

@@ -5,6 +5,8 @@ Nothing else in the library touches orbax.
 """
 import json
 import os
+import shutil
+import time
 from typing import Any, Optional, Tuple
 
 import jax
@@ -47,13 +49,20 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       data=ocp.args.JsonSave(data_state or {})), force=force)
 
-  def restore(self, abstract_state, step: Optional[int] = None) -> Tuple[state_lib.TrainState, Any, int]:
+  def restore(self, abstract_state, step: Optional[int] = None, set_aside: Optional[str] = None
+              ) -> Tuple[state_lib.TrainState, Any, int]:
     """Restores `step` (default: the newest readable one, falling back to older ones with a warning).
 
     `abstract_state` (from jax.eval_shape of the objective's init, shardings included if wanted) fixes the
     structure; a checkpoint written for another model fails with a CheckpointError that says so.
+    `set_aside`: a folder to move unreadable checkpoints newer than the restored one into (the training loop
+    does, so that it rewrites those steps and no reader meets them again); nothing is deleted.
     """
-    steps = [step] if step is not None else list(reversed(self.all_steps()))
+    available = self.all_steps()
+    if step is not None and step not in available:
+      raise CheckpointError(f"No checkpoint of step {step} in {self.directory}; its checkpoints are steps "
+                            f"{available}.")
+    steps = [step] if step is not None else list(reversed(available))
     if not steps:
       raise CheckpointError(f"No checkpoint in {self.directory}.")
     errors = []
@@ -64,6 +73,8 @@ class Checkpointer:
                                        data=ocp.args.JsonRestore()))
         if errors:
           logging.warning("Restored step %d after failing to read newer checkpoints: %s", s, errors)
+          if set_aside:
+            self._set_aside([t for t in steps if t > s], set_aside)
         return restored.state, restored.data, s
       except Exception as e:  # pylint: disable=broad-except
         errors.append(f"step {s}: {type(e).__name__}: {e}")
@@ -71,6 +82,15 @@ class Checkpointer:
     raise CheckpointError(
         f"Could not restore any checkpoint from {self.directory}. Either the files are corrupt or they were "
         "written for a different model/config than the one built now. Errors:\n  " + "\n  ".join(errors))
+
+  def _set_aside(self, steps, folder: str):
+    self._manager.wait_until_finished()
+    os.makedirs(folder, exist_ok=True)
+    for t in steps:
+      dest = os.path.join(folder, f"{t}.{time.strftime('%Y%m%d-%H%M%S')}")
+      shutil.move(os.path.join(self.directory, str(t)), dest)
+      logging.warning("Moved the unreadable checkpoint of step %d to %s; the run will rewrite that step.", t, dest)
+    self._manager.reload()
 
   def wait(self):
     self._manager.wait_until_finished()
@@ -115,8 +135,12 @@ def write_run_info(workdir: str, config, spec) -> None:
 
 
 def read_run_info(workdir: str):
+  """config.json of a run as a dict, None if there is none; a truncated or non-JSON file is a clear error."""
+  from gendistill import validation  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  info = validation.read_json(path)
+  if not isinstance(info, dict) or "config" not in info or "spec" not in info:
+    raise validation.ConfigError(f"{path} is not a gendistill run config (it needs the keys 'config' and 'spec').")
+  return info

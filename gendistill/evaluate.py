@@ -9,6 +9,7 @@ Results are printed and written to DIR/eval/step_<step>.json.
 """
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -21,9 +22,11 @@ from gendistill import checkpoint as ckpt_lib
 from gendistill import data as data_lib
 from gendistill import evaluation
 from gendistill import generate
+from gendistill import logs
 from gendistill import objectives
 from gendistill import sharding
 from gendistill import train
+from gendistill import validation
 from gendistill.data import DataSpec
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.")
@@ -45,11 +48,21 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
                  inception_weights=None, ref_stats_path=None, ref_images_from_data=0, progress=False,
                  inception_preprocessing=None):
   """Samples a run's checkpoint and evaluates it with the run's evaluator (gendistill.evaluation.make_evaluator);
-  the Inception arguments, when given, replace the run's eval.inception_weights / ref_stats / ref_images."""
+  the Inception arguments, when given, replace the run's eval.inception_weights / ref_stats / ref_images.
+  Every argument and file is checked before anything is restored or sampled (ConfigError naming it)."""
+  validation.check_eval_args(num_samples, batch_size, steps, ref_stats_path, inception_weights,
+                             ref_images_from_data)
+  if not workdir or not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir={workdir!r} is not a directory.")
   info = ckpt_lib.read_run_info(workdir)
   if info is None:
     raise FileNotFoundError(f"{workdir} holds no gendistill run (config.json is missing).")
   config = ml_collections.ConfigDict(objectives.migrate_config(info["config"]))
+  if not inception_weights and config.eval.get("ref_stats"):   # the run's own reference, checked before sampling
+    problem = validation.ref_stats_problem(config.eval.ref_stats)
+    if problem:
+      raise validation.ConfigError(f"eval.ref_stats = {config.eval.ref_stats!r} of the run: expected {problem}")
+  steps = steps or None
   spec = DataSpec(**{**info["spec"], "shape": tuple(info["spec"]["shape"])})
   dataset = data_lib.build(config.data)
   objective = objectives.build(config, spec)
@@ -85,12 +98,15 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
 
 
 def main(argv):
-  del argv
-  from gendistill import logs  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logs.quiet_libraries()
-  results = evaluate_run(_WORKDIR.value, _CHECKPOINT.value, _NUM.value, _BATCH.value, _STEPS.value, _SEED.value,
-                         _WEIGHTS.value, _REF_STATS.value, _REF_FROM_DATA.value, progress=True,
-                         inception_preprocessing=_PREPROCESSING.value)
+  try:
+    results = evaluate_run(_WORKDIR.value, _CHECKPOINT.value, _NUM.value, _BATCH.value, _STEPS.value,
+                           _SEED.value, _WEIGHTS.value, _REF_STATS.value, _REF_FROM_DATA.value, progress=True,
+                           inception_preprocessing=_PREPROCESSING.value)
+  except train.CLEAR_ERRORS as e:   # the message says it all; no traceback
+    sys.exit(f"error: {e}")
   logging.info("%s", results)
   print(json.dumps(results, indent=2))
 

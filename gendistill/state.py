@@ -23,6 +23,8 @@ class TrainState:
   opt_state: Mapping[str, PyTree]
   ema: Mapping[str, PyTree]
   extra: Mapping[str, PyTree]
+  # Per role: steps whose gradients were non-finite over the whole run (skipped, or sanitised by nan_to_num).
+  skipped: Mapping[str, jnp.ndarray] = struct.field(default_factory=dict)
 
   def step_rng(self, *names: str):
     """Keys for this step, one per name: the same (rng, step, name) always gives the same key."""
@@ -43,6 +45,7 @@ def create(rng, params: Mapping[str, PyTree], optimizers: Mapping[str, optax.Gra
       opt_state={role: optimizers[role].init(params[role]) for role in optimizers},
       ema={role: jax.tree.map(jnp.copy, params[role]) for role in ema_roles},
       extra=dict(extra or {}),
+      skipped={role: jnp.zeros((), jnp.int32) for role in optimizers},
   )
 
 
@@ -69,7 +72,21 @@ def apply_gradients(state: TrainState, role: str, grads: PyTree, tx: optax.Gradi
                         opt_state={**state.opt_state, role: keep(new_opt_state, opt_state)})
   metrics = {f"{role}/grad_norm": optax.tree.norm(grads),
              f"{role}/skipped_nonfinite": jnp.logical_and(enabled, ~finite).astype(jnp.float32)}
-  return state, metrics
+  return count_nonfinite(state, role, finite, enabled), metrics
+
+
+def count_nonfinite(state: TrainState, role: str, grads_or_finite, enabled=True) -> TrainState:
+  """Adds this step to `role`'s run-long count of non-finite gradients when they are not all finite.
+
+  `grads_or_finite`: the gradients, or a bool already computed from them. Objectives that sanitise gradients
+  (official SiD/Diff-Instruct nan_to_num) call this on the raw gradients first, so a NaN never goes uncounted.
+  """
+  if role not in state.skipped:
+    return state
+  finite = grads_or_finite if isinstance(grads_or_finite, jax.Array) and grads_or_finite.dtype == jnp.bool_ \
+      else tree_all_finite(grads_or_finite)
+  bad = jnp.logical_and(enabled, ~finite).astype(jnp.int32)
+  return state.replace(skipped={**state.skipped, role: state.skipped[role] + bad})
 
 
 def ema_update(ema: PyTree, params: PyTree, decay) -> PyTree:

@@ -122,13 +122,15 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
     rng_f, rng_g = state.step_rng(F, G)
     (loss_f, _), grads_f = jax.value_and_grad(functools.partial(fake_loss, shape=x.shape), has_aux=True)(
         state.params[F], state.params[G], labels, rng_f)
-    if cfg.nan_to_num:
+    if cfg.nan_to_num:   # counted first: a sanitised NaN is still a skipped update in the run's totals
+      state = state_lib.count_nonfinite(state, F, grads_f)
       grads_f = sc.nan_to_num_grads(grads_f)
     state, metrics_f = state_lib.apply_gradients(state, F, grads_f, tx[F])
     update_g = gating.gate(state.step, cfg.generator_every)
     (loss_g, aux_g), grads_g = gating.value_and_grad(update_g, functools.partial(generator_loss, shape=x.shape),
                                                      state.params[G], state.params[F], teacher, labels, rng_g)
     if cfg.nan_to_num:
+      state = state_lib.count_nonfinite(state, G, grads_g, update_g)
       grads_g = sc.nan_to_num_grads(grads_g)
     state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g.on)
     state, decay = sc.step_ema(state, ema_decay)

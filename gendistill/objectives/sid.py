@@ -245,7 +245,8 @@ def _build(cfg, networks, spec, run: base.RunFacts, name: str, adversarial: bool
     # (a) fake score: fit f_psi to the current generator's samples.
     (loss_f, aux_f), grads_f = jax.value_and_grad(fake_loss, has_aux=True)(
         state.params[F], state.params[G], x_real, labels, rng_f)
-    if cfg.nan_to_num:
+    if cfg.nan_to_num:   # counted first: a sanitised NaN is still a skipped update in the run's totals
+      state = state_lib.count_nonfinite(state, F, grads_f)
       grads_f = sc.nan_to_num_grads(grads_f)
     state, metrics_f = state_lib.apply_gradients(state, F, grads_f, tx[F])
     # (b) generator, against the updated fake score (frozen here).
@@ -256,6 +257,7 @@ def _build(cfg, networks, spec, run: base.RunFacts, name: str, adversarial: bool
     (loss_g, aux_g), grads_g = gating.value_and_grad(update_g, loss_fn, state.params[G], state.params[F], teacher,
                                                      labels_g, gan_on, rng_g)
     if cfg.nan_to_num:
+      state = state_lib.count_nonfinite(state, G, grads_g, update_g)
       grads_g = sc.nan_to_num_grads(grads_g)
     state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g.on)
     state, decay = sc.step_ema(state, ema_decay)
