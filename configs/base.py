@@ -7,6 +7,7 @@ import json
 import ml_collections
 
 from gendistill import data as data_lib
+from gendistill.evaluation import evaluator as evaluator_lib
 from gendistill import objectives
 from gendistill import sharding
 from gendistill import teachers
@@ -79,6 +80,7 @@ def get_config(objective: str = "edm") -> ml_collections.ConfigDict:
       ref_stats="",
       ref_images=0,
       inception_batch_size=100,
+      inception_preprocessing=evaluator_lib.DEFAULT_PREPROCESSING,   # nvidia (EDM's reference statistics) | pytorch_fid
   ))
   c.lock()
   return c
