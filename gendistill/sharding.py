@@ -397,7 +397,10 @@ class ShardedObjective:
 
   def __post_init__(self):
     mesh, objective = self.mesh, self.objective
-    self._abstract = jax.eval_shape(objective.init, jax.random.key(0), example_batch(self.spec), self.teacher)
+    # Key and example batch are made inside the trace: no eager op, so a mesh of devices that are not attached
+    # (a TPU topology from jax.experimental.topologies) works too.
+    self._abstract = jax.eval_shape(lambda t: objective.init(jax.random.key(0), example_batch(self.spec), t),
+                                    self.teacher)
     self.state_shardings = tree_shardings(self._abstract, mesh, self.rules)
     self.abstract_state = with_shardings(self._abstract, self.state_shardings)
     self.teacher_shardings = tree_shardings(self.teacher, mesh, self.rules, prefix="teacher")
@@ -439,7 +442,7 @@ class ShardedObjective:
   def lower_step(self, batch_size: int):
     """The train step for global batches of `batch_size`, lowered from shapes alone (state, batch and teacher
     as ShapeDtypeStructs): the same program as train_step on real arrays."""
-    example = example_batch(self.spec, batch_size)
+    example = jax.eval_shape(lambda: example_batch(self.spec, batch_size))
     batch = with_shardings(example, jax.tree.map(lambda _: self.batch_sharding, example))
     teacher = None if self.teacher is None else with_shardings(self.teacher, self.teacher_shardings)
     return self._step.lower(self.abstract_state, batch, teacher)
@@ -490,7 +493,7 @@ def check_accumulation(sharded: "ShardedObjective", num_microbatches: int, teach
   if num_microbatches <= 1:
     return
   batch = {k: jax.ShapeDtypeStruct((num_microbatches,) + v.shape[1:], v.dtype)
-           for k, v in example_batch(sharded.spec).items()}
+           for k, v in jax.eval_shape(lambda: example_batch(sharded.spec)).items()}
   with expect_accumulation() as calls:
     jax.eval_shape(sharded.objective.train_step, sharded._abstract, batch, teacher)  # pylint: disable=protected-access
   if not calls[0]:
