@@ -48,8 +48,8 @@ class Chip:
 
 CHIPS = {
     "v5e": Chip("TPU v5e", 197e12, 16 * 2**30, 819e9, 400e9, "https://cloud.google.com/tpu/docs/v5e"),
-    "v5p": Chip("TPU v5p", 459e12, 95 * 2**30, 2765e9, 1200e9, "https://cloud.google.com/tpu/docs/v5p"),
-    "v6e": Chip("TPU v6e", 918e12, 32 * 2**30, 1638e9, 800e9, "https://cloud.google.com/tpu/docs/v6e"),
+    "v5p": Chip("TPU v5p", 459e12, 95 * 2**30, 2765e9, 1200e9, "https://docs.cloud.google.com/tpu/docs/v5p-training"),
+    "v6e": Chip("TPU v6e", 918e12, 32 * 2**30, 1638e9, 800e9, "https://docs.cloud.google.com/tpu/docs/v6e"),
 }
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
@@ -77,17 +77,15 @@ def devices(topology: str):
 
 
 def abstract_teacher(config: ml_collections.ConfigDict, spec):
-  """The run's teacher as shapes: an `edm`-trained network of the run's `network` section (what the presets
-  distil from), or None for objectives without one (teacher.source = 'none')."""
+  """The run's teacher as shapes: a denoiser of the run's `network` section (the network the presets distil
+  from; what teacher.source = 'random' builds), or None for objectives without one (teacher.source = 'none')."""
   source = config.teacher.source
   if source == "none":
     return None
   if source not in ("workdir", "random"):
     raise ValueError(f"teacher.source={source!r}: only network teachers (workdir, random) or none can be "
                      "compiled for a TPU topology.")
-  teacher_config = ml_collections.ConfigDict(config.to_dict())
-  teacher_config.objective.name = "edm"
-  return teachers.abstract(teacher_config, spec)
+  return jax.eval_shape(lambda: teachers.random_network(config.network, spec))
 
 
 _INSTRUCTION = re.compile(r"=\s*(\([^=]*?\)|[a-z0-9]+\[[0-9,]*\][^ ]*)\s+(" + "|".join(COLLECTIVES) +
