@@ -174,7 +174,7 @@ class StepReport:
 def lower_step(config: ml_collections.ConfigDict, spec, topology: str, teacher: Any = "auto"):
   """(sharded objective, lowered train step) of a run of `config` on the slice `topology`, from shapes alone.
   teacher: shapes of the teacher, None, or 'auto' (abstract_teacher)."""
-  if teacher == "auto":
+  if isinstance(teacher, str) and teacher == "auto":
     teacher = abstract_teacher(config, spec)
   mesh = sharding.make_mesh(config.mesh, devices(topology))
   objective = objectives.build(config, spec)
