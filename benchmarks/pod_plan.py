@@ -25,6 +25,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # several compiles at once (libtpu's lock file); no TPU used
 
 # What the papers report for their full runs (the GPU side of the comparison).
 PAPER_COMPUTE = {
@@ -97,8 +98,9 @@ def state_row(run: str):
   config, spec = build_config(name, dataset, switches, len(devices))
   teacher = topology.abstract_teacher(config, spec)
   mesh = sharding.make_mesh(config.mesh, devices)
+  objective = objectives.build(config, spec)     # outside the mesh: some builders make constants eagerly
   with jax.set_mesh(mesh):
-    sharded = sharding.ShardedObjective(objectives.build(config, spec), spec, mesh, teacher, config.mesh)
+    sharded = sharding.ShardedObjective(objective, spec, mesh, teacher, config.mesh)
   teacher_bytes = 0 if teacher is None else sharding.bytes_per_device(
       sharding.with_shardings(teacher, sharded.teacher_shardings))
   params = sum(int(x.size) for x in jax.tree.leaves(sharded.abstract_state.params))
@@ -149,13 +151,15 @@ def table(rows):
       continue
     c = topology.CHIPS[r["topology"].split(":")[0]]
     t = [1e3 * r[k] for k in ("t_compute", "t_hbm", "t_ici")]
+    unmeasured = "collectives_note" in r      # ICI time unknown: the roofline covers compute and HBM only
     chip_hours = r["paper_images"] / r["images_per_s"] * r["chips"] / 3600
     lines.append(
         f"| {r['run']} | {r['chips']} / {r['hosts']} | {r['mesh']['data']} x {r['mesh']['fsdp']} | "
         f"{r['params'] / 1e6:.1f} | {gib(r['state_bytes'])} | {gib(r['argument_bytes'])} / {gib(r['temp_bytes'])} / "
         f"{gib(max(r['output_bytes'] - r['alias_bytes'], 0))} | {gib(r['peak_bytes'])} / {c.hbm_bytes / 2**30:.0f} | "
         f"{'yes' if r['fits'] else '**no**'} | {r['flops'] / 1e12:.2f} | {r['flops_per_image'] / 1e9:.1f} | "
-        f"{r['collective_bytes'] / 1e6:,.0f} | {t[0]:.1f} / {t[1]:.1f} / {t[2]:.1f} | {1e3 * r['roofline_s']:.1f} | "
+        f"{'not measured' if unmeasured else format(r['collective_bytes'] / 1e6, ',.0f')} | {t[0]:.1f} / {t[1]:.1f} / "
+        f"{'?' if unmeasured else format(t[2], '.1f')} | {1e3 * r['roofline_s']:.1f} | "
         f"{r['images_per_s']:,.0f} | {r['paper_images'] / 1e6:,.0f}, {chip_hours:,.0f} | {r['compile_s']:.0f} |")
   return "\n".join(lines)
 

@@ -73,7 +73,14 @@ def devices(topology: str):
     raise RuntimeError("Compiling for a TPU topology needs libtpu: pip install -e '.[tpu]' (jax's pinned "
                        "libtpu; no TPU is needed).")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+  try:
+    return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+  except jax.errors.JaxRuntimeError as e:
+    if "lockfile" in str(e):
+      raise RuntimeError("Another process on this machine holds libtpu (its lock file). To compile for a topology "
+                         "beside it, set ALLOW_MULTIPLE_LIBTPU_LOAD=1 before the first TPU call (never on a TPU VM "
+                         "whose chips another process is using).") from e
+    raise
 
 
 def abstract_teacher(config: ml_collections.ConfigDict, spec):
@@ -88,7 +95,8 @@ def abstract_teacher(config: ml_collections.ConfigDict, spec):
   return jax.eval_shape(lambda: teachers.random_network(config.network, spec))
 
 
-_INSTRUCTION = re.compile(r"=\s*(\([^=]*?\)|[a-z0-9]+\[[0-9,]*\][^ ]*)\s+(" + "|".join(COLLECTIVES) +
+# 'name = SHAPE opcode(': SHAPE an array or a tuple (which may hold '/*index=5*/' comments).
+_INSTRUCTION = re.compile(r"=\s*(\(.*?\)|[a-z0-9]+\[[0-9,]*\]\S*)\s+(" + "|".join(COLLECTIVES) +
                           r")(-start)?\(")
 _ARRAY = re.compile(r"\b(pred|s8|u8|s16|u16|s32|u32|s64|u64|bf16|f16|f32|f64|c64|c128|f8e4m3fn|f8e5m2)"
                     r"\[([0-9,]*)\]")
@@ -97,16 +105,19 @@ _BITS = dict(pred=8, s8=8, u8=8, f8e4m3fn=8, f8e5m2=8, s16=16, u16=16, bf16=16, 
 
 
 def collective_bytes(hlo_text: str) -> Dict[str, int]:
-  """Bytes of the results of every collective in a compiled (per-device) HLO module, by kind. An async pair
-  counts once (its -start); for a tuple result the largest array is the transferred one."""
+  """Bytes of the results of every collective in a compiled (per-device) HLO module, by kind. A combined
+  collective (tuple result) counts all its arrays; an async pair counts once, at its -start, whose tuple holds
+  the operands and then the results (all-gather, collective-permute): the results count."""
   out = {k: 0 for k in COLLECTIVES}
   for line in hlo_text.splitlines():
     m = _INSTRUCTION.search(line)
     if not m:
       continue
-    sizes = [math.prod(int(d) for d in dims.split(",") if d) * _BITS[t] // 8
-             for t, dims in _ARRAY.findall(m.group(1))]
-    out[m.group(2)] += max(sizes, default=0)
+    sizes = [math.prod(int(d) for d in dims.split(",")) * _BITS[t] // 8
+             for t, dims in _ARRAY.findall(m.group(1)) if dims]
+    if m.group(3) and m.group(2) != "all-reduce":
+      sizes = sizes[len(sizes) // 2:]
+    out[m.group(2)] += sum(sizes)
   return out
 
 

@@ -6,6 +6,7 @@ one.
 Needs libtpu (`pip install -e '.[tpu]'`, which `make test` installs); skipped without it. No TPU is used.
 """
 import math
+import os
 
 import jax
 import numpy as np
@@ -17,6 +18,9 @@ from gendistill import sharding
 from gendistill import topology
 from gendistill.data import DataSpec
 
+# libtpu lets one process per machine load it unless this is set; compiling for a topology touches no TPU, so
+# another process holding it (a second test run, a pod_plan compile) must not fail this test.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 needs_libtpu = pytest.mark.skipif(not topology.has_libtpu(), reason="needs libtpu: pip install -e '.[tpu]'")
 
 TOPOLOGY = "v5e:4x4"
@@ -71,9 +75,11 @@ def test_collective_bytes_reads_sync_and_async_collectives():
       "  %ags = (f32[4]{0}, f32[64]{0}) all-gather-start(%y), dimensions={0}",
       "  %agd = f32[64]{0} all-gather-done(%ags)",
       "  %fusion = f32[8]{0} fusion(%all-gather.1), kind=kLoop",
+      "  %ar.2 = (f32[16]{0}, f32[3,3]{1,0}, f32[2]{0}, f32[2]{0}, f32[2]{0}, /*index=5*/f32[1000]{0}) all-reduce(%a,"
+      " %b, %c, %d, %e, %f), channel_id=4, replica_groups=[1,16]<=[16], to_apply=%add",
   ])
   got = topology.collective_bytes(text)
-  assert got == {"all-gather": 3 * 3 * 32 * 16 * 2 + 64 * 4, "all-reduce": 32 * 128 * 4, "reduce-scatter": 0,
+  assert got == {"all-gather": 3 * 3 * 32 * 16 * 2 + 64 * 4, "all-reduce": 32 * 128 * 4 + (16 + 9 + 2 + 2 + 2 + 1000) * 4, "reduce-scatter": 0,
                  "all-to-all": 0, "collective-permute": 32 * 16 * 4}
   assert np.isclose(topology.chip("v5p:4x4x4").peak_flops, 459e12)
   with pytest.raises(ValueError, match="Unknown TPU kind"):
