@@ -14,11 +14,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+# The tests also compile for TPU topologies (tests/test_tpu_compile.py): libtpu, ~210 MB, a few seconds to install.
+$(VENV)/.installed-tpu: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,tpu]'
+	touch $@
+
 # The digits teacher, then SiD distillation of it into a one-step generator (DEMO_FLAGS=--student_steps=0: teacher only).
 demo: install
 	$(PY) -m gendistill.demo --workdir=$(WORKDIR) $(DEMO_FLAGS)
 
-test: install
+test: install $(VENV)/.installed-tpu
 	$(PY) -m pytest -n 2 tests
 
 clean:
