@@ -24,7 +24,7 @@ def get_config(arg: str = "digits"):
     c.train.update(num_steps=5000, log_every=100, checkpoint_every=1000, sample_every=1000)
     c.eval.update(num_samples=4000, batch_size=4000)
   elif dataset == "cifar10":
-    # EDM's DDPM++ CIFAR-10 conditional teacher (ALGORITHMS.md section 1); meant for accelerators.
+    # EDM's DDPM++ CIFAR-10 conditional teacher (docs/objectives/teacher_training.md); meant for accelerators.
     c.data.update(name="tfds", tfds_name="cifar10", image_size=32, batch_size=512, conditional=True)
     c.network.update(**base.unet_preset("cifar10"))
     c.objective.edm.optimizer.update(lr=1e-3, warmup_steps=10_000_000 // 512)

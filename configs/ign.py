@@ -1,7 +1,7 @@
 """Idempotent Generative Networks. `--config=configs/ign.py:<dataset>[,smoke]`, dataset in toy2d | digits | cifar10.
 
 f is the preconditioned Denoiser at the fixed level objective.ign.sigma (see gendistill/objectives/ign.py).
-Paper settings (ALGORITHMS.md section 9): L1, weights (20, 20, 2.5), tanh clamp a = 1.5, Adam lr 1e-4 betas
+Paper settings (docs/objectives/gan_and_ign.md): L1, weights (20, 20, 2.5), tanh clamp a = 1.5, Adam lr 1e-4 betas
 (0.5, 0.999), batch 256 [unverified]; CelebA used noise with the data's frequency statistics (noise='fourier').
 """
 from configs import base

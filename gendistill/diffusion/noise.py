@@ -34,7 +34,7 @@ def inverse_square_weight(sigma, sigma_data=None):
   return 1 / sigma**2
 
 
-# name -> (sigma sampler(rng, n), weight(sigma, sigma_data)); EDM section 1 of ALGORITHMS.md.
+# name -> (sigma sampler(rng, n), weight(sigma, sigma_data)); docs/objectives/teacher_training.md.
 TRAINING_NOISE = {
     "edm": (lognormal_sigma, edm_weight),
     "vp": (vp_training_sigma, inverse_square_weight),

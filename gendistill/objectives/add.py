@@ -1,4 +1,4 @@
-"""`add`: Adversarial Diffusion Distillation (Sauer et al. 2023; ALGORITHMS.md section 8) [paper; no official code].
+"""`add`: Adversarial Diffusion Distillation (Sauer et al. 2023; docs/objectives/gan_and_ign.md) [paper; no official code].
 
 Roles 'generator' (the student, started from the teacher's parameters when their trees match) and 'critic'; the
 frozen teacher is the `teacher` argument of train_step.

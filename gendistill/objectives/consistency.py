@@ -1,5 +1,5 @@
 """Consistency models: `cd` (distillation), `ct` (training), `ict` (improved training), `ect` (easy consistency
-tuning). ALGORITHMS.md section 6; one builder, four registered configs.
+tuning). docs/objectives/trajectory_distillation.md; one builder, four registered configs.
 
 Parameterisation. f(x, t) = c_skip(t) x + c_out(t) F(c_in(t) x; c_noise(t)) with the consistency coefficients
 of `precond.consistency` (c_skip = sd^2/((t - sigma_min)^2 + sd^2), c_out = sd (t - sigma_min)/sqrt(sd^2 + t^2)),

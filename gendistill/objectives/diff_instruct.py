@@ -1,5 +1,5 @@
 """`diff_instruct`: Diff-Instruct (Luo et al., NeurIPS 2023) and VSD-style integral-KL distillation
-(ALGORITHMS.md section 3), as in the official Diff-Instruct code.
+(docs/objectives/score_distillation.md), as in the official Diff-Instruct code.
 
 The integral KL D_IKL(q_theta || p) = int w(t) KL(q_theta,t || p_t) dt has the gradient
 E[w(t) (s_q,t(x_t) - s_p,t(x_t))^T dx_g/dtheta], x_t = x_g + sigma n. In denoiser form (s = (D - x)/sigma^2):
@@ -130,7 +130,7 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
     (loss_g, aux_g), grads_g = gating.value_and_grad(update_g, functools.partial(generator_loss, shape=x.shape),
                                                      state.params[G], state.params[F], teacher, labels, rng_g)
     if cfg.nan_to_num:
-      state = state_lib.count_nonfinite(state, G, grads_g, update_g)
+      state = state_lib.count_nonfinite(state, G, grads_g, update_g.on)
       grads_g = sc.nan_to_num_grads(grads_g)
     state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g.on)
     state, decay = sc.step_ema(state, ema_decay)

@@ -1,5 +1,5 @@
 """`dmd` and `dmd2`: Distribution Matching Distillation (Yin et al., CVPR 2024) and DMD2 (Yin et al., NeurIPS
-2024), following DMD2's official EDM code (ALGORITHMS.md section 4). `fdistill` (fdistill.py) reuses this
+2024), following DMD2's official EDM code (docs/objectives/score_distillation.md). `fdistill` (fdistill.py) reuses this
 builder with an f-divergence weight on the same gradient.
 
 Networks: real score mu_real (the frozen teacher), fake score mu_fake and generator G, both started from the

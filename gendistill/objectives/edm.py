@@ -1,4 +1,4 @@
-"""`edm`: teacher training with the EDM loss and EDM's EMA (Karras et al. 2022; ALGORITHMS.md section 1).
+"""`edm`: teacher training with the EDM loss and EDM's EMA (Karras et al. 2022; docs/objectives/teacher_training.md).
 
 L = E_sigma,n [ lambda(sigma) || D(x + sigma n; sigma) - x ||^2 ], summed over pixels, mean over the batch.
 """

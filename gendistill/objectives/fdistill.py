@@ -1,4 +1,4 @@
-"""`fdistill`: f-divergence distribution matching (Xu, Nie, Vahdat 2025; ALGORITHMS.md section 5).
+"""`fdistill`: f-divergence distribution matching (Xu, Nie, Vahdat 2025; docs/objectives/score_distillation.md).
 
 The gradient of D_f(p || q_theta) through the diffused marginals is
   -E[h(r(x_t)) (grad log p_t - grad log q_theta,t)^T dx_t/dtheta],  r = p_t / q_theta,t,  h(r) = r^2 f''(r),
@@ -11,7 +11,7 @@ mean, h / (mean h + 1e-6). Generator loss L_f-DM + 1e-3 L_G,adv; fake score and 
 reverse_kl (h = 1: exactly DMD2 with a 1/(1 + 1e-6) factor), softened_rkl, js, squared_hellinger, forward_kl,
 jeffreys, neyman_chi2 (score_common.F_DIVERGENCES).
 
-Only NVIDIA's reimplementation is public (ALGORITHMS.md, "where papers and code disagree" 8); not implemented
+Only NVIDIA's reimplementation is public; not implemented
 here: the optional per-time-bin normalisation of r, and a classifier on the teacher's features (the head sits
 on the fake score's bottleneck, as in DMD2).
 """

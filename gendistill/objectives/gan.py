@@ -1,5 +1,5 @@
 """Adversarial pieces shared by every objective with a critic: `adversarial` (a GAN on its own), `add`, and the
-add-on GAN terms of SiDA and DMD2 (ALGORITHMS.md sections 2, 4 and 8). Pure functions of arrays; no module state.
+add-on GAN terms of SiDA and DMD2 (docs/objectives/score_distillation.md, gan_and_ign.md). Pure functions of arrays; no module state.
 
 API (logits are per-sample arrays [N] (or any shape: every loss is a mean over all elements); losses are scalars):
 

@@ -1,4 +1,4 @@
-"""`ign`: Idempotent Generative Networks (Shocher et al., ICLR 2024; ALGORITHMS.md section 9).
+"""`ign`: Idempotent Generative Networks (Shocher et al., ICLR 2024; docs/objectives/gan_and_ign.md).
 
 One network f is trained to be a projector onto the data manifold: f(x) = x for data, f(f(z)) = f(z) for noise.
 

@@ -1,5 +1,5 @@
 """`progressive`: progressive distillation (Salimans & Ho 2022), as in google-research/diffusion_distillation
-(ALGORITHMS.md section 7).
+(docs/objectives/trajectory_distillation.md).
 
 A student learns to match two DDIM steps of its teacher with one; then it becomes the teacher and a new student
 (started from it) halves the steps again. All halving rounds are phases of one run: round r = min(step //

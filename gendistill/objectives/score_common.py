@@ -2,7 +2,7 @@
 
 All of them train a one-step (or few-step) generator G with a fake score f_psi fitted to G's samples, against a
 frozen teacher f_phi. This module holds what they have in common; each objective module holds its own losses
-and schedule (ALGORITHMS.md sections 2-5).
+and schedule (docs/objectives/score_distillation.md).
 
 - Networks: the student networks (generator, fake score) are received (for a distillation run the adapter
   builds them from the teacher's network config), and start from the teacher's parameters when the trees
@@ -180,7 +180,7 @@ def bce_with_logits(logits, target):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# f-divergences (f-distill, ALGORITHMS.md section 5): f(r) and h(r) = r^2 f''(r), r = p_t / q_t.
+# f-divergences (f-distill, docs/objectives/score_distillation.md): f(r) and h(r) = r^2 f''(r), r = p_t / q_t.
 
 F_DIVERGENCES = {
     # name: (f(r), h(r))
