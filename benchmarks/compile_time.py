@@ -10,7 +10,7 @@ scalar-or-vector `and` instructions. These counts are deterministic, unlike timi
 compile time is wall-clock and drifts with the load (the 1-minute load average is recorded with it).
 
 Rows accumulate in a JSON-lines file (--jsonl) under a --label (e.g. 'before' and 'after' a change); --md writes
-the table of every label found there.
+the table of every label found there. Each optimized HLO is also written to $TMPDIR/gendistill_compile_time/.
 """
 import argparse
 import json
@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,8 +61,13 @@ def measure_one(name: str) -> dict:
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
+  text = compiled.as_text()
   row = {"objective": name, "lower_s": round(t1 - t0, 1), "compile_s": round(t2 - t1, 1),
-         "load1": round(os.getloadavg()[0], 1), **hlo_counts(compiled.as_text())}
+         "load1": round(os.getloadavg()[0], 1), **hlo_counts(text)}
+  dump = os.path.join(tempfile.gettempdir(), "gendistill_compile_time")   # kept for inspection
+  os.makedirs(dump, exist_ok=True)
+  with open(os.path.join(dump, f"{name}.hlo.txt"), "w") as f:
+    f.write(text)
   return row
 
 
