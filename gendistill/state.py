@@ -97,7 +97,7 @@ def count_nonfinite(state: TrainState, role: str, grads_or_finite, enabled=True)
   if role not in state.skipped:
     return state
   finite = grads_or_finite if isinstance(grads_or_finite, jax.Array) and grads_or_finite.dtype == jnp.bool_ \
-      else tree_all_finite(grads_or_finite)
+      else norm_and_finite(grads_or_finite)[1]
   bad = jnp.logical_and(enabled, ~finite).astype(jnp.int32)
   return state.replace(skipped={**state.skipped, role: state.skipped[role] + bad})
 

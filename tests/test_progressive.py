@@ -43,7 +43,7 @@ def _vp_teacher(teacher):
 
 
 def test_two_step_target_equals_the_ddim_result_computed_directly():
-  """ALGORITHMS.md section 7 in VP form: z' = alpha' x_hat(z_t) + sigma' eps_hat(z_t), z'' likewise from z',
+  """docs/objectives/trajectory_distillation.md in VP form: z' = alpha' x_hat(z_t) + sigma' eps_hat(z_t), z'' likewise from z',
   x_tilde = (z'' - (sigma''/sigma_t) z_t)/(alpha'' - (sigma''/sigma_t) alpha_t), and x_hat(z') for i = 0."""
   teacher = _mixture_teacher()
   x_hat = _vp_teacher(teacher)
