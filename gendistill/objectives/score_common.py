@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 from gendistill import state as state_lib
 from gendistill.diffusion import losses
@@ -67,8 +68,14 @@ def init_from_teacher(network, rng, x, labels, teacher, mode: str = "auto"):
   if mode == "teacher" and not matches:
     raise ValueError("The teacher's parameters do not match the student network: the student networks cannot "
                      "start from the teacher. Use the teacher's network config, or init='auto'/'random'.")
+  # Said once per process (this runs at trace time, possibly several times): users must know which start they got.
   if matches and mode != "random":
+    logging.log_first_n(logging.INFO, "Student networks start as copies of the teacher's parameters.", 1)
     return jax.tree.map(lambda p, s: jnp.array(p, dtype=s.dtype, copy=True), teacher.params, shapes), True
+  if teacher is not None:
+    why = "init='random'" if mode == "random" else "the teacher's parameters do not match the student network"
+    logging.log_first_n(logging.WARNING, "Student networks start from random weights (%s); set the objective's "
+                        "init='teacher' to make a mismatch an error.", 1, why)
   return init_network(network, rng, x, labels), False
 
 
