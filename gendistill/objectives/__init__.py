@@ -44,5 +44,8 @@ from gendistill.objectives import adversarial  # pylint: disable=g-import-not-at
 from gendistill.objectives import add  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gendistill.objectives import consistency  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gendistill.objectives import progressive  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import sim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import scm  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import meanflow  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 __all__ = ["Objective", "register", "build", "names", "default_configs"]
