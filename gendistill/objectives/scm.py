@@ -32,13 +32,14 @@ t = arctan(sigma / sigma_d).
 Sampling: x = sigma_d z at t_max = arctan(sigma_max / sigma_d), x_0 = f(x, t_max); for each later level t,
 x = cos(t) x_0 + sin(t) sigma_d z' and x_0 = f(x, t). Levels are given as EDM sigmas (`sample_sigmas`).
 
-Paper vs official implementations (the paper has no official code; NVlabs/FastGen has a reimplementation):
-- The paper's networks take c_noise(t) = t with positional embeddings and its own time embedding; here the time
-  input is EDM's (the exact conversion above), which is what FastGen does with EDM teachers too.
+Paper vs implementations (no official code was available; NVlabs/FastGen has a reimplementation, read here):
+- The paper's own networks take TrigFlow's t as their time input; here the time input is EDM's (the exact
+  conversion above), which is also how FastGen wraps EDM networks.
 - FastGen divides the per-sample mean squared error once more by the number of pixels and makes ||g|| invariant
   to spatial size; here the paper's form (mean over pixels, e^{-w} weighting, ||g|| the plain per-sample norm)
   unless `tangent_norm='clip'`.
-- The paper's weighting network is an MLP on the time embedding; here Fourier features and a linear layer.
+- FastGen takes w from a log-variance head of the network itself; here (as the paper) a separate small network:
+  fixed Fourier features of the time input and one linear layer.
 """
 import functools
 import math
