@@ -11,9 +11,10 @@ c_skip = cos^2 t, c_out = sigma_d sin t, c_in = cos t / sigma_d, so an EDM denoi
 i.e. f_theta with F_theta = -F_raw and the time input c_noise(t) = ln(sigma_d tan t)/4. The student here is
 exactly that: the backbone of `config.network` under TrigFlow coefficients (`trigflow_apply_fn`), so it starts
 from an EDM teacher's parameters unchanged (sCD; and sCT fine-tuned from a diffusion model as in the paper) and
-exports as an ordinary EDM denoiser (`denoiser_apply_fn`). A teacher of any preconditioning is converted by
-`teacher_velocity`: dx_t/dt = (cos(t) x_t - D(x_t / cos t; sigma_d tan t)) / sin(t) (tested against the
-closed-form TrigFlow velocity of a Gaussian and against -F_raw for an EDM network).
+exports as an ordinary EDM denoiser (`denoiser_apply_fn`); from a teacher whose network.preconditioning is not
+'edm' it starts as the same backbone under other coefficients (not the teacher's function). A teacher of any
+preconditioning is converted by `teacher_velocity`: dx_t/dt = (cos(t) x_t - D(x_t / cos t; sigma_d tan t)) / sin(t)
+(tested against the closed-form TrigFlow velocity of a Gaussian and against -F_raw for an EDM network).
 
 The continuous-time objective (the paper's Algorithm 1, with theta^- = sg[theta]):
   sCT: dx_t/dt = cos(t) z - sin(t) x_0 (the conditional velocity, from data);
@@ -41,7 +42,6 @@ Paper vs implementations (no official code was available; NVlabs/FastGen has a r
 - FastGen takes w from a log-variance head of the network itself; here (as the paper) a separate small network:
   fixed Fourier features of the time input and one linear layer.
 """
-import functools
 import math
 
 import flax.linen as nn
