@@ -119,6 +119,9 @@ from gendistill.objectives import adversarial  # pylint: disable=g-import-not-at
 from gendistill.objectives import add  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gendistill.objectives import consistency  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gendistill.objectives import progressive  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import sim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import scm  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import meanflow  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 __all__ = ["Objective", "RunFacts", "register", "build", "make", "names", "default_config", "networks_for",
            "migrate_config", "section"]
