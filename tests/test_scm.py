@@ -22,7 +22,7 @@ def _network(remat="none", dtype="float32", seed=0):
   config = importlib.import_module("configs.sct").get_config("toy2d,smoke")
   config.network.update(remat=remat, dtype=dtype)
   spec = data_lib.build(config.data).spec
-  net = nets.build_denoiser(config.network, spec)
+  net = nets.Network.from_module(nets.build_denoiser(config.network, spec))
   params = net.init(jax.random.key(0), jnp.zeros((2, 2)), jnp.ones((2,)))
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(seed), len(leaves))

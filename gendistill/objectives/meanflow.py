@@ -15,10 +15,11 @@ Classifier-free guidance folded into training (the paper's Eq. for v~ with its k
 used both as the JVP's tangent and in the target, for samples that keep their label; samples whose label is
 dropped (probability `class_dropout`) use v. omega = 1, kappa = 0 is unguided. Sampling then needs no guidance.
 
-Network. u_theta(z, r, t) is the backbone of `config.network` called directly (no preconditioning) with the time
+Network. u_theta(z, r, t) is the backbone of the received network called directly (no preconditioning) with the time
 input time_scale * t and, as a second time input, a positional embedding of time_scale * (t - r) appended to the
 class-label vector, so that the backbone's own label layer embeds (t, t - r) as the paper does with no change to
-any network (the backbone is built with label_dim = num_classes + gap_features). Label dropout is done here, not
+any network (the backbone is built with label_dim = num_classes + gap_features: the registry builds it for
+`network_spec`'s widened data spec). Label dropout is done here, not
 by the backbone (network.label_dropout must be 0, which keeps the gap features). `apply_fn` exports the network
 as a denoiser D(x; sigma) = z - t u(z, t, t) with t = sigma / (1 + sigma), z = x / (1 + sigma), so a trained
 model is also a diffusion teacher.
@@ -36,12 +37,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gendistill import sharding
 from gendistill import state as state_lib
 from gendistill.diffusion.noise import expand
 from gendistill.nets import layers
 from gendistill.objectives import base, register
 from gendistill.objectives import score_common as sc
+from gendistill.sharding.accumulation import accumulate_gradients
 
 G = sc.GENERATOR
 sg = jax.lax.stop_gradient
@@ -121,41 +122,56 @@ def meanflow_sampler(u_fn, e, steps=1):
 # The network adapter: a second time input through the label vector.
 
 
-def average_velocity_apply_fn(net, num_classes: int, gap_features: int, time_scale: float):
-  """u(params, z, r, t, labels, train, rngs) from `net` (a `nets.Denoiser` built with label_dim = num_classes +
-  gap_features; its backbone only). labels: one-hot [N, num_classes] (zero rows: unconditional) or None."""
-  def call(module, z, r, t, labels, train):
+def average_velocity_apply_fn(network, num_classes: int, gap_features: int, time_scale: float):
+  """u(params, z, r, t, labels, train, rngs) from `network`'s backbone (a `nets.Network` with `apply_backbone`,
+  built for label_dim = num_classes + gap_features). labels: one-hot [N, num_classes] (zero rows:
+  unconditional) or None."""
+  if network.apply_backbone is None:
+    raise ValueError("meanflow needs a network with a separate backbone (Network.apply_backbone), e.g. "
+                     "Network.from_module of a nets.Denoiser.")
+
+  def apply_fn(params, z, r, t, labels=None, train=False, rngs=None):
     n = z.shape[0]
     r = jnp.broadcast_to(jnp.asarray(r, jnp.float32), (n,))
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (n,))
     gap = layers.positional_embedding(time_scale * (t - r), gap_features, endpoint=True)
     onehot = jnp.zeros((n, num_classes), jnp.float32) if labels is None else labels
-    out = module.backbone(z, time_scale * t, jnp.concatenate([onehot, gap], axis=1), train=train)
+    out = network.apply_backbone(params, z, time_scale * t, jnp.concatenate([onehot, gap], axis=1), train=train,
+                                 rngs=rngs)
     return out.astype(jnp.float32)
-
-  def apply_fn(params, z, r, t, labels=None, train=False, rngs=None):
-    return net.apply(params, z, r, t, labels, train, method=call, rngs=rngs)
   return apply_fn
+
+
+def _gap_features(cfg) -> int:
+  gap = int(cfg.gap_features)
+  if gap < 4 or gap % 2:
+    raise ValueError(f"objective.meanflow.gap_features must be an even number >= 4; got {gap}.")
+  return gap
+
+
+def network_spec(cfg, spec, network_cfg):
+  """The spec the registry builds the network for: labels widened by the (t - r) features (label_dim =
+  num_classes + gap_features). The backbone's own label dropout would drop those features too, so it must be 0."""
+  if network_cfg.get("label_dropout", 0.0):
+    raise ValueError("meanflow drops labels itself (objective.meanflow.class_dropout); set network.label_dropout=0.")
+  return dataclasses.replace(spec, num_classes=spec.num_classes + _gap_features(cfg))
 
 
 # ------------------------------------------------------------------------------------------------------------
 # The objective.
 
 
-@register("meanflow", default_config)
-def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  cfg = config.objective.meanflow
-  if config.network.get("label_dropout", 0.0):
-    raise ValueError("meanflow drops labels itself (objective.meanflow.class_dropout); set network.label_dropout=0.")
+@register("meanflow", default_config, {G: "denoiser"}, network_spec)
+def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
+  """`networks[G]` must be built for network_spec(cfg, spec, ...) (label_dim = num_classes + gap_features);
+  objectives.build does that through the registry, callers of objectives.make build it so themselves."""
   sample_times(jax.random.key(0), 1, dist=cfg.time_dist)   # validate early
-  gap = int(cfg.gap_features)
-  if gap < 4 or gap % 2:
-    raise ValueError(f"objective.meanflow.gap_features must be an even number >= 4; got {gap}.")
-  net, _ = sc.build_network(config, dataclasses.replace(spec, num_classes=spec.num_classes + gap))
+  gap = _gap_features(cfg)
+  net = networks[G]
   u_apply = average_velocity_apply_fn(net, spec.num_classes, gap, float(cfg.time_scale))
   tx = state_lib.make_optimizer(cfg.optimizer)
-  ema_decay = state_lib.ema_decay_fn(cfg.ema, config.data.batch_size)
-  microbatches = config.train.get("microbatches", 1)
+  ema_decay = state_lib.ema_decay_fn(cfg.ema, run.batch_size)
+  microbatches = run.microbatches
   guided = spec.num_classes > 0 and (cfg.omega != 1.0 or cfg.kappa != 0.0)
 
   def export_fn(params, x, sigma, labels=None, train=False, rngs=None):
@@ -195,8 +211,8 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
     if labels is not None and cfg.class_dropout > 0:
       labels = jnp.where(jax.random.uniform(rng_drop, (x.shape[0], 1)) < cfg.class_dropout, 0.0, labels)
     mb = dict(x=x, labels=labels, e=jax.random.normal(rng_e, x.shape, x.dtype), r=r, t=t)
-    (loss, aux), grads = sharding.accumulate_gradients(loss_fn, state.params[G], mb, rng_dropout,
-                                                       num_microbatches=microbatches, has_aux=True)
+    (loss, aux), grads = accumulate_gradients(loss_fn, state.params[G], mb, rng_dropout,
+                                                num_microbatches=microbatches, has_aux=True)
     state, metrics = state_lib.apply_gradients(state, G, grads, tx)
     decay = ema_decay(state.step)
     state = state.replace(step=state.step + 1,
@@ -214,5 +230,5 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
     return meanflow_sampler(u_fn, e, steps or int(cfg.sample_steps))
 
   return base.Objective(name="meanflow", init=init, train_step=train_step, sample=sample, export_role=G,
-                        apply_fn=export_fn)
+                        apply_fn=export_fn, accumulates_gradients=True)
 

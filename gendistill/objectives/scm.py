@@ -9,7 +9,7 @@ EDM <-> TrigFlow, exactly. With x = x_t / cos t and sigma = sigma_d tan t, EDM's
 c_skip = cos^2 t, c_out = sigma_d sin t, c_in = cos t / sigma_d, so an EDM denoiser is
   D(x_t / cos t; sigma_d tan t) = cos(t) x_t + sigma_d sin(t) F_raw(x_t / sigma_d; ln(sigma_d tan t) / 4),
 i.e. f_theta with F_theta = -F_raw and the time input c_noise(t) = ln(sigma_d tan t)/4. The student here is
-exactly that: the backbone of `config.network` under TrigFlow coefficients (`trigflow_apply_fn`), so it starts
+exactly that: the backbone of the received `generator` network (a denoiser) under TrigFlow coefficients (`trigflow_apply_fn`), so it starts
 from an EDM teacher's parameters unchanged (sCD; and sCT fine-tuned from a diffusion model as in the paper) and
 exports as an ordinary EDM denoiser (`denoiser_apply_fn`); from a teacher whose network.preconditioning is not
 'edm' it starts as the same backbone under other coefficients (not the teacher's function). A teacher of any
@@ -25,7 +25,7 @@ The continuous-time objective (the paper's Algorithm 1, with theta^- = sg[theta]
   L = E_t [ lambda(t) e^{-w_phi(t)} mean_pix (F_theta - F^- - g)^2 + w_phi(t) ],   lambda(t) = 1/(sigma_d tan t).
 g = cos(t) d f^-/dt, so grad L = -2 E[lambda e^{-w} grad F_theta^T g]: the gradient of the continuous-time
 consistency loss (zero when f is constant along the ODE; tested on a Gaussian's exact f). w_phi is the learned
-adaptive weighting (its own role `weighting`: Fourier features of c_noise(t) and one linear layer, trained on
+adaptive weighting (its own role `weighting`, kind 'time_weighting' of nets.build_networks: Fourier features of c_noise(t) and one linear layer, trained on
 the same loss, which drives e^{w} to the loss's running scale). The JVP goes through the whole backbone with
 jax.jvp, so it composes with remat, bf16 compute and sharding. t: sigma = e^tau, tau ~ N(p_mean, p_std^2),
 t = arctan(sigma / sigma_d).
@@ -44,17 +44,16 @@ Paper vs implementations (no official code was available; NVlabs/FastGen has a r
 """
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from gendistill import sharding
 from gendistill import state as state_lib
+from gendistill.diffusion.guidance import guided_apply
 from gendistill.diffusion.noise import expand
 from gendistill.objectives import base, register
 from gendistill.objectives import score_common as sc
+from gendistill.sharding.accumulation import accumulate_gradients
 
 G = sc.GENERATOR
 W = "weighting"
@@ -118,16 +117,18 @@ def teacher_velocity(denoise_fn, x_t, t, sigma_data):
   return (expand(cos, x_t) * x_t - d) / expand(sin, x_t)
 
 
-def trigflow_apply_fn(net, sigma_data: float):
-  """F_theta(params, x_t, t, labels, train, rngs) = -F_raw(x_t / sigma_d; c_noise(t)) of `net`'s backbone (a
-  `nets.Denoiser`, whose parameters it takes as they are): the TrigFlow network of an EDM denoiser."""
-  def call(module, x_t, t, labels, train):
-    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1])
-    raw = module.backbone(x_t / sigma_data, c_noise(t, sigma_data), labels, train=train)
-    return -raw.astype(jnp.float32)
+def trigflow_apply_fn(network, sigma_data: float):
+  """F_theta(params, x_t, t, labels, train, rngs) = -F_raw(x_t / sigma_d; c_noise(t)) of `network`'s backbone (a
+  `nets.Network` with `apply_backbone`, whose parameters it takes as they are): the TrigFlow network of an EDM
+  denoiser."""
+  if network.apply_backbone is None:
+    raise ValueError("sCM needs a network with a separate backbone (Network.apply_backbone), e.g. "
+                     "Network.from_module of a nets.Denoiser.")
 
   def apply_fn(params, x_t, t, labels=None, train=False, rngs=None):
-    return net.apply(params, x_t, t, labels, train, method=call, rngs=rngs)
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1])
+    raw = network.apply_backbone(params, x_t / sigma_data, c_noise(t, sigma_data), labels, train=train, rngs=rngs)
+    return -raw.astype(jnp.float32)
   return apply_fn
 
 
@@ -140,24 +141,6 @@ def denoiser_apply_fn(trig_fn, sigma_data: float):
     x_t = expand(jnp.cos(t), x) * x
     return consistency_fn(trig_fn(params, x_t, t, labels, train=train, rngs=rngs), x_t, t, sigma_data)
   return apply_fn
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The adaptive weighting w_phi(t).
-
-
-class AdaptiveWeight(nn.Module):
-  """w_phi(t): fixed Fourier features sqrt2 cos(2 pi (f c + p)) of c_noise(t) (f ~ N(0, 1), p ~ U(0, 1), seed 0)
-  and one linear layer (zero-initialised: w = 0 at the start). [N] -> [N]."""
-  num_features: int = 128
-
-  @nn.compact
-  def __call__(self, c):
-    r = np.random.default_rng(0)
-    freqs = jnp.asarray(r.standard_normal(self.num_features), jnp.float32)
-    phases = jnp.asarray(r.uniform(size=self.num_features), jnp.float32)
-    feats = math.sqrt(2.0) * jnp.cos(2 * np.pi * (c[:, None] * freqs + phases))
-    return nn.Dense(1, kernel_init=nn.initializers.zeros)(feats)[:, 0]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -228,18 +211,19 @@ def trigflow_sampler(f_fn, z, ts, rng=None, sigma_data=0.5):
 # The objectives.
 
 
-def _build(config: ml_collections.ConfigDict, spec, name: str) -> base.Objective:
-  cfg = config.objective[name]
+ROLES = {G: "denoiser", W: "time_weighting"}
+
+
+def _build(cfg, networks, spec, run: base.RunFacts, name: str) -> base.Objective:
   distill = name == "scd"
   normalize_tangent(jnp.zeros((1, 1)), cfg.tangent_norm)   # validate early
-  net, _ = sc.build_network(config, spec)
-  sigma_data = float(config.network.sigma_data)
+  net, weight_net = networks[G], networks[W]
+  sigma_data = float(net.sigma_data)
   trig_fn = trigflow_apply_fn(net, sigma_data)
   export_fn = denoiser_apply_fn(trig_fn, sigma_data)
-  weight_net = AdaptiveWeight(cfg.weighting_features)
   tx = {G: state_lib.make_optimizer(cfg.optimizer), W: state_lib.make_optimizer(cfg.weighting_optimizer)}
-  ema_decay = state_lib.ema_decay_fn(cfg.ema, config.data.batch_size)
-  microbatches = config.train.get("microbatches", 1)
+  ema_decay = state_lib.ema_decay_fn(cfg.ema, run.batch_size)
+  microbatches = run.microbatches
   warmup_steps = int(cfg.tangent_warmup_steps)
 
   def init(rng, batch, teacher=None):
@@ -254,7 +238,7 @@ def _build(config: ml_collections.ConfigDict, spec, name: str) -> base.Objective
     labels = mb["labels"]
     F_fn = lambda p, x, s: trig_fn(p, x, s, labels, train=True, rngs=rngs)   # one dropout mask for both
     if distill:
-      denoise = lambda x, s: sc.guided_apply(teacher.apply_fn, teacher.params, x, s, labels, cfg.guidance)
+      denoise = lambda x, s: guided_apply(teacher.apply_fn, teacher.params, x, s, labels, cfg.guidance)
       dxdt_fn = lambda x_t, t: teacher_velocity(denoise, x_t, t, sigma_data)
     else:
       x0, z, t0 = mb["x"], mb["z"], mb["t"]
@@ -277,9 +261,9 @@ def _build(config: ml_collections.ConfigDict, spec, name: str) -> base.Objective
     warmup = (jnp.minimum(1.0, state.step.astype(jnp.float32) / warmup_steps) if warmup_steps > 0
               else jnp.asarray(1.0, jnp.float32))
     params = {G: state.params[G], W: state.params[W]}
-    (loss, aux), grads = sharding.accumulate_gradients(loss_fn, params, mb, rng_dropout, warmup,
-                                                       teacher if distill else None, num_microbatches=microbatches,
-                                                       has_aux=True)
+    (loss, aux), grads = accumulate_gradients(loss_fn, params, mb, rng_dropout, warmup,
+                                                teacher if distill else None, num_microbatches=microbatches,
+                                                has_aux=True)
     state, metrics = state_lib.apply_gradients(state, G, grads[G], tx[G])
     state, metrics_w = state_lib.apply_gradients(state, W, grads[W], tx[W])
     decay = ema_decay(state.step)
@@ -303,14 +287,14 @@ def _build(config: ml_collections.ConfigDict, spec, name: str) -> base.Objective
     return trigflow_sampler(f_fn, z, ts, rng_steps, sigma_data)
 
   return base.Objective(name=name, init=init, train_step=train_step, sample=sample, export_role=G,
-                        apply_fn=export_fn)
+                        apply_fn=export_fn, accumulates_gradients=True)
 
 
-@register("sct", sct_config)
-def build_sct(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  return _build(config, spec, "sct")
+@register("sct", sct_config, ROLES)
+def build_sct(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
+  return _build(cfg, networks, spec, run, "sct")
 
 
-@register("scd", scd_config)
-def build_scd(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  return _build(config, spec, "scd")
+@register("scd", scd_config, ROLES)
+def build_scd(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
+  return _build(cfg, networks, spec, run, "scd")

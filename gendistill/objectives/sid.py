@@ -257,7 +257,7 @@ def _build(cfg, networks, spec, run: base.RunFacts, name: str, adversarial: bool
     (loss_g, aux_g), grads_g = gating.value_and_grad(update_g, loss_fn, state.params[G], state.params[F], teacher,
                                                      labels_g, gan_on, rng_g)
     if cfg.nan_to_num:
-      state = state_lib.count_nonfinite(state, G, grads_g, update_g)
+      state = state_lib.count_nonfinite(state, G, grads_g, update_g.on)
       grads_g = sc.nan_to_num_grads(grads_g)
     state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g.on)
     state, decay = sc.step_ema(state, ema_decay)

@@ -30,7 +30,7 @@ The generator loss's sigma follows SiD (uniform in Karras rho-space up to t_max/
 Paper vs this code: no official SIM training code was available to compare against, so the defaults are SiD's
 CIFAR-10 settings (the paper's CIFAR-10 runs build on SiD's setup) and c is this library's choice. The gradient
 estimator above is derived from the divergence and checked against the exact gradient of D on a Gaussian
-(tests/test_new_objectives.py), which fixes its sign and what is stop-gradiented (only psi).
+(tests/test_sim.py), which fixes its sign and what is stop-gradiented (only psi).
 """
 import functools
 import math
@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gendistill import state as state_lib
+from gendistill.diffusion import losses
 from gendistill.objectives import base, register
 from gendistill.objectives import score_common as sc
 
@@ -120,43 +121,41 @@ def sim_generator_objective(x_g, sigma, noise, real_fn, fake_fn, **kwargs):
 # The objective.
 
 
-@register("sim", default_config)
-def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
-  cfg = config.objective.sim
+ROLES = {G: "denoiser", F: "denoiser"}
+
+
+@register("sim", default_config, ROLES)
+def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
   if cfg.distance not in DISTANCES:
     raise ValueError(f"objective.sim.distance must be one of {DISTANCES}; got {cfg.distance!r}.")
   if cfg.normalizer not in NORMALIZERS:
     raise ValueError(f"objective.sim.normalizer must be one of {NORMALIZERS}; got {cfg.normalizer!r}.")
-  net, apply_fn = sc.build_network(config, spec)
+  net_g, net_f = networks[G], networks[F]
+  apply_g, apply_f = net_g.apply, net_f.apply
   tx = {G: state_lib.make_optimizer(cfg.generator_optimizer), F: state_lib.make_optimizer(cfg.fake_score_optimizer)}
-  ema_decay = state_lib.ema_decay_fn(cfg.ema, config.data.batch_size)
-  sigma_data = config.network.sigma_data
+  ema_decay = state_lib.ema_decay_fn(cfg.ema, run.batch_size)
+  sigma_data = net_f.sigma_data
   loss_kwargs = dict(kind=cfg.distance, huber_c=cfg.huber_c, normalizer=cfg.normalizer, weight_min=cfg.weight_min)
 
-  def init(rng, batch, teacher=None):
-    x, labels = base.batch_inputs(batch, spec)
-    rng_g, rng_f, state_rng = jax.random.split(rng, 3)
-    params_g, _ = sc.init_from_teacher(net, rng_g, x, labels, teacher, cfg.init)
-    params_f, _ = sc.init_from_teacher(net, rng_f, x, labels, teacher, cfg.init)
-    return state_lib.create(state_rng, {G: params_g, F: params_f}, tx, ema_roles=(G,))
+  init = sc.generator_and_fake_score_init(net_g, net_f, spec, tx, cfg.init)
 
   def fake_loss(params_f, params_g, labels, rng, *, shape):
     rng_z, rng_loss = jax.random.split(rng)
     z = jax.random.normal(rng_z, shape)
-    x_g = sc.sg(sc.generate(apply_fn, params_g, z, cfg.sigma_init, labels, train=False))
-    loss, _ = sc.edm_fake_score_loss(apply_fn, params_f, x_g, labels, rng_loss, p_mean=cfg.p_mean, p_std=cfg.p_std,
-                                     sigma_data=sigma_data, train=True)
+    x_g = sc.sg(sc.generate(apply_g, params_g, z, cfg.sigma_init, labels, train=False))
+    loss, _ = losses.edm_loss(apply_f, params_f, x_g, labels, rng_loss, p_mean=cfg.p_mean, p_std=cfg.p_std,
+                              sigma_data=sigma_data, train=True)
     return loss, {f"{F}/denoising_loss": loss}
 
   def generator_loss(params_g, params_f, teacher, labels, rng, *, shape):
     rng_z, rng_drop, rng_sigma, rng_noise = jax.random.split(rng, 4)
     z = jax.random.normal(rng_z, shape)
-    x_g = sc.generate(apply_fn, params_g, z, cfg.sigma_init, labels, train=cfg.generator_dropout,
+    x_g = sc.generate(apply_g, params_g, z, cfg.sigma_init, labels, train=cfg.generator_dropout,
                       rngs=sc.dropout_rngs(rng_drop))
     sigma = sc.sid_sigma(rng_sigma, shape[0], cfg.t_max, cfg.sigma_min, cfg.sigma_max, cfg.rho)
     noise = jax.random.normal(rng_noise, shape)
     real_fn = lambda x, s: teacher.apply_fn(teacher.params, x, s, labels)
-    fake_fn = lambda x, s: apply_fn(params_f, x, s, labels)
+    fake_fn = lambda x, s: apply_f(params_f, x, s, labels)
     per_sample, w = sim_generator_objective(x_g, sigma, noise, real_fn, fake_fn, **loss_kwargs)
     loss = cfg.generator_loss_scale * jnp.mean(per_sample)
     return loss, {f"{G}/weight": jnp.mean(w), f"{G}/sample_std": jnp.std(x_g)}
@@ -166,13 +165,15 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
     rng_f, rng_g = state.step_rng(F, G)
     (loss_f, aux_f), grads_f = jax.value_and_grad(functools.partial(fake_loss, shape=x_real.shape), has_aux=True)(
         state.params[F], state.params[G], labels, rng_f)
-    if cfg.nan_to_num:
+    if cfg.nan_to_num:   # counted first: a sanitised NaN is still a skipped update in the run's totals
+      state = state_lib.count_nonfinite(state, F, grads_f)
       grads_f = sc.nan_to_num_grads(grads_f)
     state, metrics_f = state_lib.apply_gradients(state, F, grads_f, tx[F])
     (loss_g, aux_g), grads_g = jax.value_and_grad(functools.partial(generator_loss, shape=x_real.shape),
                                                   has_aux=True)(state.params[G], state.params[F], teacher, labels,
                                                                 rng_g)
     if cfg.nan_to_num:
+      state = state_lib.count_nonfinite(state, G, grads_g)
       grads_g = sc.nan_to_num_grads(grads_g)
     state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G])
     state, decay = sc.step_ema(state, ema_decay)
@@ -181,4 +182,4 @@ def build(config: ml_collections.ConfigDict, spec) -> base.Objective:
                    **metrics_f, **metrics_g}
 
   return base.Objective(name="sim", init=init, train_step=train_step,
-                        sample=sc.make_sampler(apply_fn, spec, cfg.sigma_init), export_role=G, apply_fn=apply_fn)
+                        sample=sc.make_sampler(apply_g, spec, cfg.sigma_init), export_role=G, apply_fn=apply_g)
