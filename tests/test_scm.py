@@ -220,3 +220,15 @@ def test_remat_and_bf16_steps():
   _, _, _, state_b, step_b = _setup("scd", dtype="bfloat16")
   _, m = step_b(state_b, batch, teacher)
   assert np.isfinite(float(m["generator/loss"]))
+
+
+def test_weighting_role_is_built_by_the_registry_from_the_objective_section():
+  """The `weighting` role (kind 'time_weighting') has objective.<name>.weighting_features Fourier features and
+  starts at w = 0 (zero-initialised output layer), so the loss starts as the plain prior-weighted one."""
+  config = importlib.import_module("configs.sct").get_config("toy2d,smoke")
+  config.objective.sct.weighting_features = 16
+  networks = objectives.networks_for(config, data_lib.build(config.data).spec)
+  assert set(networks) == {"generator", "weighting"}
+  params = networks["weighting"].init(jax.random.key(0), jnp.zeros((3,)))
+  assert [p.shape for p in jax.tree.leaves(params)] == [(1,), (16, 1)]
+  np.testing.assert_array_equal(networks["weighting"].apply(params, jnp.linspace(-2.0, 2.0, 3)), 0.0)
