@@ -9,12 +9,13 @@ EDM <-> TrigFlow, exactly. With x = x_t / cos t and sigma = sigma_d tan t, EDM's
 c_skip = cos^2 t, c_out = sigma_d sin t, c_in = cos t / sigma_d, so an EDM denoiser is
   D(x_t / cos t; sigma_d tan t) = cos(t) x_t + sigma_d sin(t) F_raw(x_t / sigma_d; ln(sigma_d tan t) / 4),
 i.e. f_theta with F_theta = -F_raw and the time input c_noise(t) = ln(sigma_d tan t)/4. The student here is
-exactly that: the backbone of the received `generator` network (a denoiser) under TrigFlow coefficients (`trigflow_apply_fn`), so it starts
-from an EDM teacher's parameters unchanged (sCD; and sCT fine-tuned from a diffusion model as in the paper) and
-exports as an ordinary EDM denoiser (`denoiser_apply_fn`); from a teacher whose network.preconditioning is not
-'edm' it starts as the same backbone under other coefficients (not the teacher's function). A teacher of any
-preconditioning is converted by `teacher_velocity`: dx_t/dt = (cos(t) x_t - D(x_t / cos t; sigma_d tan t)) / sin(t)
-(tested against the closed-form TrigFlow velocity of a Gaussian and against -F_raw for an EDM network).
+exactly that: the backbone of the received `generator` network (a denoiser) under TrigFlow coefficients
+(`trigflow_apply_fn`), so it starts from an EDM teacher's parameters unchanged (sCD; and sCT fine-tuned from a
+diffusion model as in the paper) and exports as an ordinary EDM denoiser (`denoiser_apply_fn`); from a teacher
+whose network.preconditioning is not 'edm' it starts as the same backbone under other coefficients (not the
+teacher's function). A teacher of any preconditioning is converted by `teacher_velocity`:
+dx_t/dt = (cos(t) x_t - D(x_t / cos t; sigma_d tan t)) / sin(t) (tested against the closed-form TrigFlow
+velocity of a Gaussian and against -F_raw for an EDM network).
 
 The continuous-time objective (the paper's Algorithm 1, with theta^- = sg[theta]):
   sCT: dx_t/dt = cos(t) z - sin(t) x_0 (the conditional velocity, from data);
@@ -25,10 +26,10 @@ The continuous-time objective (the paper's Algorithm 1, with theta^- = sg[theta]
   L = E_t [ lambda(t) e^{-w_phi(t)} mean_pix (F_theta - F^- - g)^2 + w_phi(t) ],   lambda(t) = 1/(sigma_d tan t).
 g = cos(t) d f^-/dt, so grad L = -2 E[lambda e^{-w} grad F_theta^T g]: the gradient of the continuous-time
 consistency loss (zero when f is constant along the ODE; tested on a Gaussian's exact f). w_phi is the learned
-adaptive weighting (its own role `weighting`, kind 'time_weighting' of nets.build_networks: Fourier features of c_noise(t) and one linear layer, trained on
-the same loss, which drives e^{w} to the loss's running scale). The JVP goes through the whole backbone with
-jax.jvp, so it composes with remat, bf16 compute and sharding. t: sigma = e^tau, tau ~ N(p_mean, p_std^2),
-t = arctan(sigma / sigma_d).
+adaptive weighting (its own role `weighting`, kind 'time_weighting' of nets.build_networks: Fourier features of
+c_noise(t) and one linear layer, trained on the same loss, which drives e^{w} to the loss's running scale).
+The JVP goes through the whole backbone with jax.jvp, so it composes with remat, bf16 compute and sharding.
+t: sigma = e^tau, tau ~ N(p_mean, p_std^2), t = arctan(sigma / sigma_d).
 
 Sampling: x = sigma_d z at t_max = arctan(sigma_max / sigma_d), x_0 = f(x, t_max); for each later level t,
 x = cos(t) x_0 + sin(t) sigma_d z' and x_0 = f(x, t). Levels are given as EDM sigmas (`sample_sigmas`).
