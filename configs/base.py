@@ -108,7 +108,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # Every flag a preset accepts after its dataset (a preset taking a new flag adds it here): a misspelt one is an
 # error, not a silently different run.
 KNOWN_FLAGS = ("smoke", "grid25", "vsd", "noreg", "fewstep", "reverse_kl", "softened_rkl", "js", "squared_hellinger",
-               "forward_kl", "jeffreys", "neyman_chi2")
+               "forward_kl", "jeffreys", "neyman_chi2", "l2")
 KNOWN_FLAG_PREFIXES = ("teacher=",)
 
 

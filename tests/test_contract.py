@@ -21,8 +21,8 @@ from gendistill.objectives.base import example_batch
 
 # Objectives whose train_step reads the teacher, and those whose step does not (trained from data; ECT starts
 # from the teacher's parameters in init).
-WITH_TEACHER = ("sid", "sida", "diff_instruct", "dmd", "dmd2", "fdistill", "cd", "progressive", "add")
-WITHOUT_TEACHER = ("edm", "ign", "adversarial", "ct", "ict", "ect")
+WITH_TEACHER = ("sid", "sida", "diff_instruct", "dmd", "dmd2", "fdistill", "cd", "progressive", "add", "sim", "scd")
+WITHOUT_TEACHER = ("edm", "ign", "adversarial", "ct", "ict", "ect", "sct", "meanflow")
 
 
 def test_every_objective_is_classified():

@@ -24,6 +24,7 @@ from gendistill.nets import edm2
 from gendistill.nets import discriminator
 from gendistill.nets import mlp
 from gendistill.nets import unet
+from gendistill.nets import weighting
 from gendistill.nets.denoiser import Denoiser, Network, one_hot_labels
 
 
@@ -96,11 +97,13 @@ def build_denoiser(cfg: ml_collections.ConfigDict, spec) -> Denoiser:
 DENOISER = "denoiser"
 CRITIC = "critic"
 FEATURE_HEAD = "feature_head"
-KINDS = (DENOISER, CRITIC, FEATURE_HEAD)
+TIME_WEIGHTING = "time_weighting"
+KINDS = (DENOISER, CRITIC, FEATURE_HEAD, TIME_WEIGHTING)
 
 
 def build_networks(network_cfg: ml_collections.ConfigDict, spec, roles: Mapping[str, str],
-                   critic_cfg: Optional[ml_collections.ConfigDict] = None) -> Dict[str, Network]:
+                   critic_cfg: Optional[ml_collections.ConfigDict] = None,
+                   weighting_features: int = 128) -> Dict[str, Network]:
   """The role networks of a run: `roles` maps each role to a kind.
 
     'denoiser'      the preconditioned Denoiser of the `network` section (for distillation the teacher's
@@ -108,6 +111,8 @@ def build_networks(network_cfg: ml_collections.ConfigDict, spec, roles: Mapping[
     'critic'        a critic of the objective's `critic` section (`discriminator.build_critic`)
     'feature_head'  DMD2's classifier head on the denoiser's bottleneck features: a conv head for images, an
                     MLP of the `critic` section's width and depth for vectors
+    'time_weighting' a scalar function of the time input with `weighting_features` Fourier features
+                    (`weighting.AdaptiveWeight`; sCM's learned loss weighting)
   """
   out, denoiser = {}, None
   for role, kind in roles.items():
@@ -125,10 +130,14 @@ def build_networks(network_cfg: ml_collections.ConfigDict, spec, roles: Mapping[
       else:
         module = discriminator.MLPCritic(hidden=critic_cfg.hidden, depth=critic_cfg.depth)
       out[role] = Network(init=module.init, apply=module.apply)
+    elif kind == TIME_WEIGHTING:
+      module = weighting.AdaptiveWeight(int(weighting_features))
+      out[role] = Network(init=module.init, apply=module.apply)
     else:
       raise ValueError(f"Unknown network kind {kind!r} for role {role!r}; expected one of {KINDS}.")
   return out
 
 
 __all__ = ["Denoiser", "Network", "build_backbone", "build_denoiser", "build_networks", "compute_dtype",
-           "one_hot_labels", "rematerialised", "DENOISER", "CRITIC", "FEATURE_HEAD"]
+           "one_hot_labels", "rematerialised", "DENOISER", "CRITIC", "FEATURE_HEAD",
+           "TIME_WEIGHTING"]

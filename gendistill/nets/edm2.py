@@ -74,6 +74,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gendistill.diffusion import precond
 from gendistill.nets import layers
 
 Dtype = Any
@@ -582,8 +583,6 @@ def forced_weight_normalization(variables):
 
 def logvar_fn(denoiser):
   """`fn(variables, sigma) -> [N]` EDM2's log-variance u(sigma) of a Denoiser whose backbone is EDM2."""
-  from gendistill.diffusion import precond  # pylint: disable=g-import-not-at-top
-
   def fn(variables, sigma):
     sigma = jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1,))
     c = precond.coefficients(denoiser.preconditioning, sigma, denoiser.sigma_data)

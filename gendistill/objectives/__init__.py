@@ -18,21 +18,29 @@ class Entry:
   factory: Callable            # factory(cfg, networks, spec, run) -> Objective
   default_config: Callable     # () -> ConfigDict: the method's own keys with their defaults
   roles: Callable              # cfg -> {role: network kind} (gendistill.nets.KINDS)
+  network_spec: Callable       # (cfg, spec, network_cfg) -> the data spec its networks are built for
 
 
 _REGISTRY: Dict[str, Entry] = {}
 
 
 def register(name: str, default_config: Callable[[], ml_collections.ConfigDict],
-             roles: Union[Mapping[str, str], Callable[[ml_collections.ConfigDict], Mapping[str, str]]]):
+             roles: Union[Mapping[str, str], Callable[[ml_collections.ConfigDict], Mapping[str, str]]],
+             network_spec: Optional[Callable] = None):
   """Decorator for a factory `(cfg, networks, spec, run) -> Objective`; `default_config()` declares the method's
-  own keys, `roles` the networks it receives ({role: kind}, or a function of its config section)."""
+  own keys, `roles` the networks it receives ({role: kind}, or a function of its config section).
+
+  `network_spec(cfg, spec, network_cfg) -> spec`, optional: the data spec `networks_for` builds the networks for
+  when it is not the data's (MeanFlow widens the label input by its (t - r) features), raising when the
+  `network` section cannot serve the method. Only the registry calls it; the factory still never sees
+  network_cfg."""
   roles_fn = roles if callable(roles) else (lambda cfg, roles=dict(roles): roles)
+  spec_fn = network_spec or (lambda cfg, spec, network_cfg: spec)
 
   def wrap(factory):
     if name in _REGISTRY:
       raise ValueError(f"Objective {name!r} is registered twice.")
-    _REGISTRY[name] = Entry(factory, default_config, roles_fn)
+    _REGISTRY[name] = Entry(factory, default_config, roles_fn, spec_fn)
     return factory
   return wrap
 
@@ -66,8 +74,11 @@ def section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def networks_for(config: ml_collections.ConfigDict, spec) -> Dict[str, nets.Network]:
   """The role networks of the chosen objective, from `config.network` (the one adapter: nets.build_networks)."""
   cfg = section(config)
+  e = entry(config.objective.name)
   critic = cfg.critic if "critic" in cfg else None
-  return nets.build_networks(config.network, spec, entry(config.objective.name).roles(cfg), critic_cfg=critic)
+  features = cfg.weighting_features if "weighting_features" in cfg else 128
+  return nets.build_networks(config.network, e.network_spec(cfg, spec, config.network), e.roles(cfg),
+                             critic_cfg=critic, weighting_features=features)
 
 
 def make(name: str, networks: Mapping[str, nets.Network], spec, run: RunFacts,
@@ -119,6 +130,9 @@ from gendistill.objectives import adversarial  # pylint: disable=g-import-not-at
 from gendistill.objectives import add  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gendistill.objectives import consistency  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gendistill.objectives import progressive  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import sim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import scm  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gendistill.objectives import meanflow  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 __all__ = ["Objective", "RunFacts", "register", "build", "make", "names", "default_config", "networks_for",
            "migrate_config", "section"]
