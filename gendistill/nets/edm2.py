@@ -74,6 +74,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gendistill.diffusion import precond
 from gendistill.nets import layers
 
 Dtype = Any
@@ -543,7 +544,7 @@ def from_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: Mapping[
 def to_torch_state_dict(variables: Mapping[str, Any], prefix: Sequence[str] = PREFIX) -> Dict[str, np.ndarray]:
   """The inverse of `from_torch_state_dict`: EDM2 Precond.state_dict() keys -> float32 numpy arrays."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
-  return {official_key(p, prefix): np.ascontiguousarray(_to_torch(np.asarray(v, np.float32)))
+  return {official_key(p, prefix): np.asarray(_to_torch(np.asarray(v, np.float32)), order="C")  # keeps 0-d gains 0-d
           for p, v in flat.items()}
 
 
@@ -582,8 +583,6 @@ def forced_weight_normalization(variables):
 
 def logvar_fn(denoiser):
   """`fn(variables, sigma) -> [N]` EDM2's log-variance u(sigma) of a Denoiser whose backbone is EDM2."""
-  from gendistill.diffusion import precond  # pylint: disable=g-import-not-at-top
-
   def fn(variables, sigma):
     sigma = jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1,))
     c = precond.coefficients(denoiser.preconditioning, sigma, denoiser.sigma_data)

@@ -1,0 +1,109 @@
+"""EDM2 files through the converter (state dicts, float16, export round trip) and distillation runs that start
+from a converted teacher.
+
+The EDM2 reference is tests/fixtures/edm2_tiny.npz (official NVlabs/edm2 outputs for the weights of
+`edm2.random_state_dict(config, seed)`, see tests/test_edm2.py); here the same weights go through files and
+`python -m gendistill.convert` instead of straight into the network.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from gendistill import convert
+from gendistill import teachers
+from gendistill.convert import __main__ as convert_cli
+from gendistill.convert import export, presets
+from gendistill.nets import edm2
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "edm2_tiny.npz")
+
+
+@pytest.fixture(scope="module")
+def ref():
+  with np.load(FIXTURE) as f:
+    return {k: f[k] for k in f.files}
+
+
+def _tiny_edm2_state_dict(ref):
+  config = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(str(ref["cond/config"])).items()}
+  # The fixture's conditional network is the tiny-edm2 preset.
+  assert edm2.architecture_from_official(config) == presets.get("tiny-edm2")
+  return edm2.random_state_dict(config, int(ref["seed"]))
+
+
+def _converted(directory):
+  cfg = ml_collections.ConfigDict(dict(source="converted", workdir=directory, step=-1))
+  return teachers.build(cfg, dataset=None)
+
+
+def _leaves_equal(a, b):
+  return (jax.tree.structure(a) == jax.tree.structure(b)
+          and all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+@pytest.mark.parametrize("ext", ["safetensors", "npz"])
+def test_edm2_state_dict_converts_with_preset_and_matches_official(tmp_path, ref, ext):
+  state = _tiny_edm2_state_dict(ref)
+  src = str(tmp_path / f"edm2.{ext}")
+  export.save_safetensors(state, src) if ext == "safetensors" else np.savez(src, **state)
+  out = str(tmp_path / "teacher")
+  assert convert_cli.main([src, out, "--preset", "tiny-edm2"]) == 0
+  with open(os.path.join(out, "config.json")) as f:
+    info = json.load(f)
+  assert info["network"]["kind"] == "edm2" and info["spec"]["num_classes"] == 4
+  teacher = _converted(out)
+  x, sigma, labels = (jnp.asarray(ref[f"cond/{k}"]) for k in ("x", "sigma", "labels"))
+  np.testing.assert_allclose(teacher(x, sigma, labels), ref["cond/D_labels"], rtol=0, atol=1e-4)
+  np.testing.assert_allclose(teacher(x, sigma, None), ref["cond/D_none"], rtol=0, atol=1e-4)
+  # The uncertainty head came along.
+  network, spec, variables = convert.read_teacher(out)
+  from gendistill import nets  # pylint: disable=g-import-not-at-top
+  logvar = edm2.logvar_fn(nets.build_denoiser(network, spec))(jax.tree.map(jnp.asarray, variables), sigma)
+  np.testing.assert_allclose(logvar, ref["cond/logvar"], rtol=0, atol=1e-4)
+
+
+def test_edm2_float16_file_and_wrong_architecture(tmp_path, ref):
+  """Published EDM2 files hold float16 weights: converted to float32 exactly. A state dict of another size, or
+  the preset of another family, is an error naming keys, and nothing is written."""
+  state = _tiny_edm2_state_dict(ref)
+  half = {k: v.astype(np.float16) for k, v in state.items()}
+  src = str(tmp_path / "half.npz")
+  np.savez(src, **half)
+  convert.convert(src, str(tmp_path / "t"), preset="tiny-edm2")
+  _, _, variables = convert.read_teacher(str(tmp_path / "t"))
+  back = edm2.to_torch_state_dict(variables)
+  for k in half:
+    assert back[k].dtype == np.float32 and back[k].shape == half[k].shape, k
+    np.testing.assert_array_equal(back[k], half[k].astype(np.float32), err_msg=k)
+  with pytest.raises(convert.ConversionError, match="missing keys"):
+    convert.convert(src, str(tmp_path / "u"), preset="tiny-ddpmpp")
+  bad = dict(state, **{"unet.out_gain": np.zeros((2,), np.float32)})
+  np.savez(str(tmp_path / "bad.npz"), **bad)
+  with pytest.raises(convert.ConversionError, match=r"unet.out_gain: expected \(\), got \(2,\)"):
+    convert.convert(str(tmp_path / "bad.npz"), str(tmp_path / "v"), preset="tiny-edm2")
+  assert not (tmp_path / "u").exists() and not (tmp_path / "v").exists()
+  assert {"edm2-img64-s", "edm2-img64-xl", "edm-cifar10-32x32-cond-vp"} <= set(presets.names())
+
+
+def test_edm2_export_convert_round_trip_is_identity(tmp_path, ref):
+  state = _tiny_edm2_state_dict(ref)
+  src = str(tmp_path / "edm2.safetensors")
+  export.save_safetensors(state, src)
+  convert.convert(src, str(tmp_path / "t"), preset="tiny-edm2")
+  network, spec, variables = convert.read_teacher(str(tmp_path / "t"))
+  # .safetensors carries the architecture: no --preset needed to read it back.
+  path = str(tmp_path / "gen.safetensors")
+  exported = convert.export_generator(variables, network, spec, path)
+  assert set(exported) == set(state)  # EDM2 Precond.state_dict() names: loads strictly into the official network
+  assert all(np.array_equal(exported[k], state[k]) for k in state)
+  convert.convert(path, str(tmp_path / "again"))
+  assert _leaves_equal(convert.read_teacher(str(tmp_path / "again"))[2], variables)
+  pt = str(tmp_path / "gen.pt")
+  convert.export_generator(variables, network, spec, pt)
+  convert.convert(pt, str(tmp_path / "again_pt"), preset="tiny-edm2")
+  assert _leaves_equal(convert.read_teacher(str(tmp_path / "again_pt"))[2], variables)
