@@ -107,3 +107,59 @@ def test_edm2_export_convert_round_trip_is_identity(tmp_path, ref):
   convert.export_generator(variables, network, spec, pt)
   convert.convert(pt, str(tmp_path / "again_pt"), preset="tiny-edm2")
   assert _leaves_equal(convert.read_teacher(str(tmp_path / "again_pt"))[2], variables)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Distillation from a converted teacher.
+
+
+def _converted_tiny_teacher(tmp_path, preset="tiny-ddpmpp"):
+  """A tiny seeded EDM network (convert/testing.py) written as a state dict and converted with --preset."""
+  from gendistill.convert import mapping, testing  # pylint: disable=g-import-not-at-top
+  _, variables = testing.our_network(preset, "EDMPrecond", seed=11)
+  state = mapping.flax_to_torch(jax.tree.map(np.asarray, variables),
+                                resample_filter=tuple(presets.get(preset)["network"]["resample_filter"]))
+  src = str(tmp_path / "weights.npz")
+  np.savez(src, **state)
+  out = str(tmp_path / "teacher")
+  convert.convert(src, out, preset=preset)
+  return out, variables
+
+
+@pytest.mark.slow  # 322 s measured at load average 8.6 on 2 cores (compiles the SiD step, sampling, eval)
+def test_sid_run_starts_from_a_converted_teacher(tmp_path):
+  """configs/sid.py:cifar10,smoke with a converted tiny teacher (use_teacher, as the cifar10 preset does with the
+  published file) and a tiny .npz image dataset: the generator and fake score start as copies of the teacher's
+  parameters, and 2 training steps run through train.train_and_evaluate."""
+  from configs import sid as sid_config  # pylint: disable=g-import-not-at-top
+  from gendistill import data as data_lib  # pylint: disable=g-import-not-at-top
+  from gendistill import objectives, train  # pylint: disable=g-import-not-at-top
+  teacher_dir, variables = _converted_tiny_teacher(tmp_path)
+  rng = np.random.default_rng(0)
+  images = str(tmp_path / "images.npz")
+  np.savez(images, images=rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8), labels=np.arange(32) % 4)
+  c = sid_config.get_config("cifar10,smoke")
+  assert c.teacher.source == "random"  # smoke without a converted teacher
+  sid_config.use_teacher(c, "tiny-ddpmpp", teacher_dir)
+  c.data.update(name="images", path=images)
+  c.objective.sid.init = "teacher"  # copying is required: a mismatch would be an error, not a random init
+  assert c.network.kind == "unet" and c.network.augment_dim == 9 and c.network.encoder_type == "standard"
+
+  dataset = data_lib.build(c.data)
+  assert dataset.spec.shape == (8, 8, 3) and dataset.spec.num_classes == 4
+  teacher = teachers.build(c.teacher, dataset, c.network)
+  assert _leaves_equal(jax.tree.map(np.asarray, teacher.params), jax.tree.map(np.asarray, variables))
+  objective = objectives.build(c, dataset.spec)
+  batch = jax.tree.map(jnp.asarray, next(dataset.iterator()))
+  state = objective.init(jax.random.key(0), batch, teacher)
+  for role in ("generator", "fake_score"):
+    assert _leaves_equal(jax.tree.map(np.asarray, state.params[role]), jax.tree.map(np.asarray, teacher.params)), role
+
+  workdir = str(tmp_path / "run")
+  final = train.train_and_evaluate(c, workdir)
+  assert int(final.step) == 2
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final.params["generator"]),
+                                                      jax.tree.leaves(teacher.params))]
+  assert any(moved)  # it trained
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["config"]["teacher"]["source"] == "converted"
