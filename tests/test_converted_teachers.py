@@ -204,3 +204,169 @@ def test_paper_preset_step_lowers_at_full_size(module, dataset):
     sharded = sharding.ShardedObjective(objectives.build(config, spec), spec, mesh, teacher, config.mesh)
     lowered = sharded.lower_step(config.data.batch_size)
   assert jax.tree.leaves(lowered.out_info)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A pickle in the layout of EDM2's published files, made without torch or EDM2's code: stand-in classes and
+# functions registered under the official module/class names, pickled by the standard pickler. It records what
+# `pickle.dump(dnnlib.EasyDict(ema=Precond.to(float16), ...))` records: torch_utils.persistence objects whose
+# metadata carries module source (here a trap that would create a file if run), tensors as
+# torch._utils._rebuild_tensor_v2 over torch.storage._load_from_bytes(legacy torch.save of the storage).
+# Checked once against the official code (NVlabs/edm2 on torch 2.x, outside the repository): a plain
+# pickle.load of this file runs the trap; with the official module source in place of the trap it rebuilds a
+# Precond/UNet whose state_dict() equals these weights (keys, float16 values, 0-d gains).
+
+TRAP = ("import os\nif os.environ.get('GENDISTILL_TRAP'):\n"
+        "    open(os.environ['GENDISTILL_TRAP'], 'w').write('embedded code ran')\n")
+
+
+def _stand_in_modules(monkeypatch):
+  import collections  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  mods = {}
+  for name in ("torch", "torch._utils", "torch.storage", "torch.nn", "torch.nn.modules", "torch.nn.modules.container",
+               "torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util"):
+    mods[name] = types.ModuleType(name)
+    monkeypatch.setitem(sys.modules, name, mods[name])
+
+  def register(module, obj, name):
+    obj.__module__, obj.__qualname__, obj.__name__ = module, name, name
+    setattr(mods[module], name, obj)
+    return obj
+
+  def never_called(*_):
+    raise AssertionError("a stand-in was called while pickling")
+
+  fns = {n: register(m, lambda *a: never_called(), n) for m, n in (
+      ("torch_utils.persistence", "_reconstruct_persistent_obj"), ("torch._utils", "_rebuild_tensor_v2"),
+      ("torch._utils", "_rebuild_parameter"), ("torch.storage", "_load_from_bytes"))}
+  half = register("torch", type("HalfStorage", (), {}), "HalfStorage")
+  single = register("torch", type("FloatStorage", (), {}), "FloatStorage")
+  module_dict = register("torch.nn.modules.container", type("ModuleDict", (), {}), "ModuleDict")
+  easy_dict = register("dnnlib.util", type("EasyDict", (dict,), {}), "EasyDict")
+
+  def storage_bytes(arr):
+    """torch.save(storage, _use_new_zipfile_serialization=False): the legacy format."""
+    import io  # pylint: disable=g-import-not-at-top
+    import pickle  # pylint: disable=g-import-not-at-top
+    import struct  # pylint: disable=g-import-not-at-top
+    out = io.BytesIO()
+    for obj in (0x1950A86A20F9469CFC6C, 1001, dict(protocol_version=1001, little_endian=True,
+                                                    type_sizes=dict(short=2, int=4, long=4))):
+      pickle.dump(obj, out, protocol=2)
+    storage_type = half if arr.dtype == np.float16 else single
+
+    class Pickler(pickle.Pickler):
+      def persistent_id(self, obj):
+        return ("storage", storage_type, "0", "cpu", arr.size, None) if obj is arr else None
+    Pickler(out, protocol=2).dump(arr)
+    pickle.dump(["0"], out, protocol=2)
+    out.write(struct.pack("<q", arr.size) + np.ascontiguousarray(arr).tobytes())
+    return out.getvalue()
+
+  class Tensor:
+    def __init__(self, arr, parameter):
+      self.arr, self.parameter = np.asarray(arr, order="C"), parameter  # 0-d gains stay 0-d
+
+    def __reduce__(self):
+      storage = Storage(self.arr.reshape(-1))
+      stride = tuple(s // self.arr.itemsize for s in self.arr.strides)
+      tensor = (fns["_rebuild_tensor_v2"], (storage, 0, self.arr.shape, stride, False, collections.OrderedDict()))
+      return (fns["_rebuild_parameter"], (Reduced(tensor), False, collections.OrderedDict())) if self.parameter \
+          else tensor
+
+  class Reduced:
+    def __init__(self, reduced):
+      self.reduced = reduced
+
+    def __reduce__(self):
+      return self.reduced
+
+  class Storage:
+    def __init__(self, arr):
+      self.arr = arr
+
+    def __reduce__(self):
+      return (fns["_load_from_bytes"], (storage_bytes(self.arr),))
+
+  class Persistent:
+    def __init__(self, class_name, state):
+      self.class_name, self.state = class_name, state
+
+    def __reduce__(self):
+      meta = dict(type="class", version=6, module_src=TRAP, class_name=self.class_name, state=self.state)
+      return (fns["_reconstruct_persistent_obj"], (meta,))
+
+  hooks = ("_backward_pre_hooks", "_backward_hooks", "_forward_hooks", "_forward_hooks_with_kwargs",
+           "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs",
+           "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+
+  def module_state(params, buffers, modules, init_kwargs=None):
+    """A torch.nn.Module's __dict__ as pickled (torch 2.x attribute names)."""
+    return dict(training=False, _parameters=collections.OrderedDict(params), _buffers=collections.OrderedDict(
+        buffers), _non_persistent_buffers_set=set(), _modules=collections.OrderedDict(modules),
+                _is_full_backward_hook=None, **{h: collections.OrderedDict() for h in hooks},
+                _init_args=(), _init_kwargs=dict(init_kwargs or {}))
+
+  def network(class_name, state_dict, init_kwargs=None, prefix=""):
+    """A persistent module tree with the flat `state_dict` below `prefix` (EDM2's class names)."""
+    here = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    leaves = {k: v for k, v in here.items() if "." not in k}
+    children = sorted({k.split(".")[0] for k in here if "." in k})
+    params = {k: Tensor(v, True) for k, v in leaves.items() if k not in ("freqs", "phases")}
+    buffers = {k: Tensor(v, False) for k, v in leaves.items() if k in ("freqs", "phases")}
+    subs = {}
+    for child in children:
+      sub_keys = {k for k in here if k.startswith(child + ".")}
+      if child in ("enc", "dec"):
+        container = module_dict()
+        container.__dict__.update(module_state({}, {}, {
+            b: network("Block", state_dict, prefix=f"{prefix}{child}.{b}.")
+            for b in sorted({k.split(".")[1] for k in sub_keys})}))
+        subs[child] = container
+      else:
+        inner = {k.split(".", 1)[1] for k in sub_keys}
+        name = ("UNet" if child == "unet" else "MPFourier" if inner <= {"freqs", "phases"} else "MPConv")
+        subs[child] = network(name, state_dict, prefix=f"{prefix}{child}.")
+    return Persistent(class_name, module_state(params, buffers, subs, init_kwargs))
+
+  def published(kwargs, state_dict):
+    data = easy_dict(
+        ema=network("Precond", state_dict, dict(kwargs, use_fp16=True)),
+        loss_fn=Persistent("EDM2Loss", module_state({}, {}, {}, dict(P_mean=-0.8, P_std=1.6, sigma_data=0.5))),
+        encoder=Persistent("StandardRGBEncoder", module_state({}, {}, {})),
+        dataset_kwargs=easy_dict(class_name="training.dataset.ImageFolderDataset", path="img64.zip"))
+    import pickle  # pylint: disable=g-import-not-at-top
+    return pickle.dumps(data, protocol=4)
+  return published
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_edm2_format_pickle_converts_without_running_embedded_code(tmp_path, monkeypatch, ref, dtype):
+  config = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(str(ref["cond/config"])).items()}
+  state = {k: v.astype(dtype) for k, v in _tiny_edm2_state_dict(ref).items()}
+  raw = _stand_in_modules(monkeypatch)({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+                                       state)
+  monkeypatch.undo()  # the stand-in modules are gone: nothing below can import them
+  assert b"_reconstruct_persistent_obj" in raw and b"GENDISTILL_TRAP" in raw and b"Precond" in raw
+  path = tmp_path / "edm2-img64-tiny.pkl"
+  path.write_bytes(raw)
+  trap = tmp_path / "embedded_code_ran"
+  monkeypatch.setenv("GENDISTILL_TRAP", str(trap))
+  out = str(tmp_path / "teacher")
+  info = convert.convert(str(path), out)
+  assert not trap.exists()
+  assert info["network"] == {**info["network"], **presets.get("tiny-edm2")["network"]}
+  assert info["source"]["class_name"] == "Precond"
+  _, _, variables = convert.read_teacher(out)
+  back = edm2.to_torch_state_dict(variables)
+  for k, v in state.items():
+    np.testing.assert_array_equal(back[k], v.astype(np.float32), err_msg=k)
+  if dtype == "float32":
+    teacher = _converted(out)
+    x, sigma, labels = (jnp.asarray(ref[f"cond/{k}"]) for k in ("x", "sigma", "labels"))
+    np.testing.assert_allclose(teacher(x, sigma, labels), ref["cond/D_labels"], rtol=0, atol=1e-4)
+  # A preset that disagrees with what the pickle records is refused.
+  with pytest.raises(convert.ConversionError, match="another architecture|differs"):
+    convert.convert(str(path), str(tmp_path / "t2"), preset="edm2-img64-s")
