@@ -15,8 +15,8 @@ dataset:
              1000 Mimg (alpha 1.2). Teacher: EDM's ADM network, edm-imagenet-64x64-cond-adm.pkl converted to
              `teacher=DIR`, as in the paper.
 For cifar10 and imagenet64 the `network` section is the published file's architecture (`TEACHERS`, looked up in
-gendistill.convert.presets), so the generator and fake score start from the teacher's parameters (a converted
-teacher of another architecture is an error at init when the objective's init is 'teacher'; see `use_teacher`).
+gendistill.convert.presets), so the generator and fake score start from the teacher's parameters (init='teacher':
+a converted teacher of another architecture is an error at init; see `use_teacher`).
 `smoke` shrinks everything for tests; with a network teacher it uses a randomly initialised teacher of the
 (shrunk) network section (teacher.source = 'random') so that it runs without a trained or converted one.
 
@@ -50,7 +50,9 @@ def parse(arg: str):
 def use_teacher(c, preset: str, workdir: str = ""):
   """The published teacher `preset` (gendistill.convert.presets) as the run's teacher: its architecture becomes
   the `network` section (so the students start from the teacher), its resolution and conditioning the data's,
-  and teacher.source='converted' with teacher.workdir the directory `python -m gendistill.convert` wrote."""
+  and teacher.source='converted' with teacher.workdir the directory `python -m gendistill.convert` wrote. An
+  objective whose init is 'auto' gets 'teacher': a converted teacher of another architecture is then an error at
+  init instead of a silent random start."""
   arch = teacher_presets.get(preset)
   unknown = sorted(set(arch["network"]) - set(c.network))
   if unknown:
@@ -58,6 +60,9 @@ def use_teacher(c, preset: str, workdir: str = ""):
   c.network.update(**arch["network"])
   c.data.update(image_size=arch["shape"][0], conditional=bool(arch["num_classes"]))
   c.teacher.update(source="converted", workdir=workdir)
+  o = c.objective[c.objective.name]
+  if o.get("init") == "auto":
+    o.init = "teacher"
 
 
 def distillation_config(objective: str, arg: str):
