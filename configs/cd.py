@@ -1,8 +1,11 @@
 """Consistency distillation presets: `--config=configs/cd.py:<dataset>[,smoke][,grid25][,teacher=WORKDIR]`.
 
 Datasets as configs/sid.py (toy2d: analytic teacher, student MLP from random weights; digits: the `edm` demo
-teacher in `teacher=WORKDIR`, student started from it; cifar10, imagenet64: paper settings for accelerators,
-the teacher a converted EDM run directory). `consistency_config` holds what the consistency presets (cd, ct, ict,
+teacher in `teacher=WORKDIR`, student started from it; cifar10, imagenet64: paper settings for accelerators).
+Teachers (teacher.source='converted', `teacher=DIR` the output of `python -m gendistill.convert FILE.pkl DIR`;
+the `network` section is the file's architecture, so the student starts from the teacher): cifar10 EDM's
+edm-cifar10-32x32-uncond-vp.pkl (unconditional, as every consistency paper's CIFAR-10 model), imagenet64 EDM's
+edm-imagenet-64x64-cond-adm.pkl (ADM). `consistency_config` holds what the consistency presets (cd, ct, ict,
 ect) share.
 
 cifar10 (CM paper and openai/consistency_models_cifar10 configs/cifar10_ve_cd.py): unconditional, N = 18, Heun,
@@ -29,7 +32,8 @@ def consistency_config(name: str, arg: str):
     o.ema.update(halflife_kimg=10.0, rampup_ratio=0.05)
     o.optimizer.update(name="radam", lr=1e-4)
   elif dataset == "cifar10":
-    c.data.conditional = False          # every consistency paper's CIFAR-10 model is unconditional
+    # Every consistency paper's CIFAR-10 model is unconditional: EDM's unconditional teacher (and data).
+    sid_config.use_teacher(c, sid_config.TEACHERS["cifar10,uncond"], c.teacher.workdir)
     c.network.dropout = 0.0
     c.train.num_steps = 800_000
   elif dataset == "imagenet64":

@@ -2,8 +2,8 @@
 
 Datasets as configs/sid.py. cifar10 follows the official Diff-Instruct command: batch 128, Adam(0, 0.999) with
 lr 1e-5 for both networks, sigma_init 1.0, loss scales 1, no lr warm-up. imagenet64: the same settings on the
-64x64 network (the paper's ImageNet run used EDM's ADM teacher). `vsd` switches to VSD weighting (omega = 1 on the
-eps difference, i.e. 1/sigma on the denoiser difference).
+converted ADM teacher (EDM's edm-imagenet-64x64-cond-adm.pkl, as the paper's ImageNet run). `vsd` switches to
+VSD weighting (omega = 1 on the eps difference, i.e. 1/sigma on the denoiser difference).
 """
 from configs import sid as sid_config
 

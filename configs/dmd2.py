@@ -3,8 +3,9 @@
 Datasets as configs/sid.py. imagenet64 is DMD2's official EDM recipe (experiments/imagenet, from scratch):
 AdamW lr 2e-6 for both, TTUR 5, classifier on the fake score's bottleneck with diffusion-GAN noise (t up to
 1000), gen_cls_loss_weight 3e-3, cls_loss_weight 1e-2, grad-norm clip 10, batch 280 (40 x 7 GPUs), 500-step
-warm-up; FID 1.51 at 200k iterations. (The official teacher is EDM's ADM network; gendistill has none, so the
-preset runs the 64x64 DDPM++ network.) cifar10 uses the same method settings (DMD2 has no CIFAR-10 recipe).
+warm-up; FID 1.51 at 200k iterations; the teacher, as the official one, EDM's ADM network (the converted
+edm-imagenet-64x64-cond-adm.pkl in `teacher=DIR`, see configs/sid.py). cifar10 uses the same method settings
+(DMD2 has no CIFAR-10 recipe).
 `fewstep`: a 4-step generator on DMD2's steps (999, 749, 499, 249) with backward simulation.
 """
 from configs import sid as sid_config

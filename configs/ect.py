@@ -1,4 +1,4 @@
-"""Easy consistency tuning presets: `--config=configs/ect.py:<dataset>[,smoke][,grid25][,teacher=WORKDIR]`.
+"""Easy consistency tuning presets: `--config=configs/ect.py:<dataset>[,smoke][,grid25][,teacher=DIR]`.
 
 ECT (Geng et al. 2024) fine-tunes a diffusion model (the teacher's parameters; the teacher itself is not called)
 into a consistency model with continuous pairs (t, r) whose gap shrinks by q every stage. Datasets as
@@ -7,9 +7,12 @@ cifar10 (locuslab/ect run_ecm.sh, training/loss.py): unconditional, batch 128, R
 0.9999, q 2, k 8, b 1, c 0, stages of 25k iterations (250 ticks of 12.8 kimg), t ~ lognormal(-1.1, 2.0),
 sigma_min 0.003, 400k iterations (the README's 3.60 / 2.11 FIDs; run_ecm.sh stops at 200k), 2-step level 0.821.
 imagenet64 (the `imgnet` branch, EDM2-S): q 4, t ~ lognormal(-0.8, 1.6), weight EDM's lambda(t), Adam lr 1e-3
-(0.9, 0.99), dropout 0.4, batch 128, 100k iterations, stages of 25k, 2-step level 1.526. The branch's EDM2
-network, its inverse-sqrt learning-rate decay and post-hoc EMA are not in this library: a DDPM++ UNet, constant
-lr and EMA 0.9999 stand in.
+(0.9, 0.99), dropout 0.4, batch 128, 100k iterations, stages of 25k, 2-step level 1.526. The branch's
+inverse-sqrt learning-rate decay and post-hoc EMA are not in this library (constant lr and EMA 0.9999 stand in),
+and its EDM2-S network is not yet wired into the presets: EDM's ADM teacher stands in.
+Teachers as configs/cd.py: teacher.source='converted' with `teacher=DIR` (cifar10: the converted
+edm-cifar10-32x32-uncond-vp.pkl; imagenet64: edm-imagenet-64x64-cond-adm.pkl); the network section is the
+file's architecture and the student starts from its parameters.
 """
 from configs import cd as cd_config
 from configs import sid as sid_config

@@ -1,29 +1,39 @@
-"""SiD distillation presets: `--config=configs/sid.py:<dataset>[,smoke][,grid25][,teacher=WORKDIR]`.
+"""SiD distillation presets: `--config=configs/sid.py:<dataset>[,smoke][,grid25][,uncond][,teacher=DIR]`.
 
 dataset:
   toy2d      2-D Gaussian mixture (8-ring with unequal weights; `grid25`: the 5x5 grid with unequal weights),
              the analytic (exact) teacher, MLP generator and fake score initialised randomly (the analytic teacher
              has no network to copy).
-  digits     the embedded 16x16 digits, class-conditional; the teacher is the `edm` run in `teacher=WORKDIR`
+  digits     the embedded 16x16 digits, class-conditional; the teacher is the `edm` run in `teacher=DIR`
              (default workdirs/demo/teacher, made by `make demo`); generator and fake score start from it.
-  cifar10    SiD's CIFAR-10 recipe (paper/official code): DDPM++ 32x32, batch 256, Adam(0, 0.999) lr 1e-5,
-             alpha 1.2, sigma_init 2.5, t_max 800, EMA 0.5 Mimg, 500 Mimg. Teacher: a converted EDM checkpoint
-             run directory (`teacher=...`). Meant for accelerators.
+  cifar10    SiD's CIFAR-10 recipe (paper/official code): batch 256, Adam(0, 0.999) lr 1e-5, alpha 1.2,
+             sigma_init 2.5, t_max 800, EMA 0.5 Mimg, 500 Mimg. Teacher: EDM's edm-cifar10-32x32-cond-vp.pkl
+             (`uncond`: edm-cifar10-32x32-uncond-vp.pkl, unconditional data) converted by
+             `python -m gendistill.convert FILE.pkl DIR`, given as `teacher=DIR` (teacher.source='converted').
+             Meant for accelerators.
   imagenet64 SiD's ImageNet 64x64 recipe: batch 8192, lr 4e-6, dropout 0.1, no augmentation, EMA 2 Mimg,
-             1000 Mimg (alpha 1.2). The official teacher is EDM's ADM network, which gendistill.nets does not
-             have: the preset uses a 64x64 DDPM++ UNet and needs a teacher of that architecture.
-`smoke` shrinks everything for tests; with a network teacher it uses a randomly initialised teacher
-(teacher.source = 'random') so that it runs without a trained one.
+             1000 Mimg (alpha 1.2). Teacher: EDM's ADM network, edm-imagenet-64x64-cond-adm.pkl converted to
+             `teacher=DIR`, as in the paper.
+For cifar10 and imagenet64 the `network` section is the published file's architecture (`TEACHERS`, looked up in
+gendistill.convert.presets), so the generator and fake score start from the teacher's parameters (init='teacher':
+a converted teacher of another architecture is an error at init; see `use_teacher`).
+`smoke` shrinks everything for tests; with a network teacher it uses a randomly initialised teacher of the
+(shrunk) network section (teacher.source = 'random') so that it runs without a trained or converted one.
 
 `distillation_config` is shared by the presets of every score-distillation objective (sid, sida, diff_instruct,
-dmd, dmd2, fdistill): data, network, teacher and loop per dataset; each preset then sets its method's keys.
+dmd, dmd2, fdistill) and the consistency presets (cd, ect): data, network, teacher and loop per dataset; each
+preset then sets its method's keys.
 """
 from configs import base
 from configs import edm as edm_config
+from gendistill.convert import presets as teacher_presets
 
 DEFAULT_TEACHER = "workdirs/demo/teacher"
 DATASETS = ("toy2d", "digits", "cifar10", "imagenet64")
 ARGS = ("toy2d", "toy2d,grid25", "digits", "cifar10", "imagenet64")
+# The published teacher of each dataset (gendistill.convert.presets names, after the files).
+TEACHERS = {"cifar10": "edm-cifar10-32x32-cond-vp", "cifar10,uncond": "edm-cifar10-32x32-uncond-vp",
+            "imagenet64": "edm-imagenet-64x64-cond-adm"}
 
 
 def parse(arg: str):
@@ -35,6 +45,24 @@ def parse(arg: str):
       teacher = flag.split("=", 1)[1]
       flags.discard(flag)
   return dataset, flags, teacher
+
+
+def use_teacher(c, preset: str, workdir: str = ""):
+  """The published teacher `preset` (gendistill.convert.presets) as the run's teacher: its architecture becomes
+  the `network` section (so the students start from the teacher), its resolution and conditioning the data's,
+  and teacher.source='converted' with teacher.workdir the directory `python -m gendistill.convert` wrote. An
+  objective whose init is 'auto' gets 'teacher': a converted teacher of another architecture is then an error at
+  init instead of a silent random start."""
+  arch = teacher_presets.get(preset)
+  unknown = sorted(set(arch["network"]) - set(c.network))
+  if unknown:
+    raise ValueError(f"Teacher preset {preset!r} sets network keys {unknown} that the network section lacks.")
+  c.network.update(**arch["network"])
+  c.data.update(image_size=arch["shape"][0], conditional=bool(arch["num_classes"]))
+  c.teacher.update(source="converted", workdir=workdir)
+  o = c.objective[c.objective.name]
+  if o.get("init") == "auto":
+    o.init = "teacher"
 
 
 def distillation_config(objective: str, arg: str):
@@ -58,18 +86,15 @@ def distillation_config(objective: str, arg: str):
     c.train.update(num_steps=2000, log_every=50, checkpoint_every=500, sample_every=500, num_grid_samples=100)
     c.eval.update(num_samples=1000, batch_size=100)
   elif dataset == "cifar10":
-    c.data.update(name="tfds", tfds_name="cifar10", image_size=32, batch_size=256, conditional=True)
-    c.network.update(**base.unet_preset("cifar10"), label_dropout=0.0)
-    c.teacher.update(source="workdir", workdir=teacher or "")
+    c.data.update(name="tfds", tfds_name="cifar10", batch_size=256)
+    use_teacher(c, TEACHERS["cifar10,uncond" if "uncond" in flags else "cifar10"], teacher or "")
     c.train.update(num_steps=500_000_000 // 256, log_every=100, checkpoint_every=5000, sample_every=5000,
                    eval_every=50_000)
     c.eval.update(num_samples=50_000, batch_size=500)
   elif dataset == "imagenet64":
-    c.data.update(name="tfds", tfds_name="imagenet_resized/64x64", image_size=64, batch_size=8192,
-                  conditional=True)
-    c.network.update(kind="unet", model_channels=128, channel_mult=(1, 2, 2, 2), num_blocks=4,
-                     attn_resolutions=(16,), dropout=0.1, label_dropout=0.0)
-    c.teacher.update(source="workdir", workdir=teacher or "")
+    c.data.update(name="tfds", tfds_name="imagenet_resized/64x64", batch_size=8192)
+    use_teacher(c, TEACHERS["imagenet64"], teacher or "")
+    c.network.dropout = 0.1
     c.train.update(num_steps=1_000_000_000 // 8192, log_every=100, checkpoint_every=2000, sample_every=2000,
                    eval_every=10_000)
     c.eval.update(num_samples=50_000, batch_size=500)
@@ -80,7 +105,7 @@ def finish(c, flags):
   """Applies `smoke` last (after the method's settings, which may set batch sizes and step counts)."""
   if "smoke" in flags:
     base.smoke(c)
-    if c.teacher.source == "workdir":   # a randomly initialised teacher of config.network: no trained one needed
+    if c.teacher.source in ("workdir", "converted"):  # a random teacher of config.network: none trained needed
       c.teacher.update(source="random", workdir="")
   return c
 

@@ -107,6 +107,7 @@ def test_state_dict_round_trip_and_tree(fixture):
   back = edm2.to_torch_state_dict(edm2.from_torch_state_dict(state_dict, config))
   assert sorted(back) == sorted(state_dict)
   for k, v in state_dict.items():
+    assert back[k].shape == v.shape, k  # 0-d gains stay 0-d
     np.testing.assert_array_equal(back[k], v, err_msg=k)
   r, c = config["img_resolution"], config["img_channels"]
   init = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, r, r, c)), jnp.ones((1,)),

@@ -3,10 +3,16 @@
   python -m gendistill.convert SRC OUT [--preset NAME] [--key ema]
   python -m gendistill.convert --export RUN_WORKDIR OUT.pt|OUT.safetensors   (a run's exported network)
 
-SRC: an EDM .pkl (architecture and preconditioning read from the constructor arguments the pickle records; no
-code in it is run, see safe_load.py), or a state dict (.pt/.pth, .safetensors, .npz; EDM key names) with
-`--preset` naming the architecture (gendistill/convert/presets.py). Every key and shape is checked
-(mapping.py); on any error nothing is written.
+SRC: an EDM or EDM2 .pkl (architecture and preconditioning read from the constructor arguments the pickle
+records; no code in it is run, see safe_load.py), or a state dict (.pt/.pth, .safetensors, .npz; EDM or EDM2
+key names) with `--preset` naming the architecture (convert/presets.py: the EDM files, `edm2-img64-xs..xl`,
+tiny ones for tests). Every key and shape is checked (mapping.py for EDM's SongUNet/DhariwalUNet, nets/edm2.py
+for EDM2); on any error nothing is written.
+
+EDM2 files (`training.networks_edm2.Precond`, recorded in the pickle as class 'Precond' with a 'unet'
+submodule): the published pickles store the 'ema' network in float16; it is converted to float32 (the
+float16 values exactly). The converted network is kind 'edm2' with EDM's preconditioning (EDM2's Precond), its
+uncertainty head included (nets/edm2.py `logvar_fn`).
 
 OUT, a converted teacher (a directory):
   config.json  {"format": "gendistill-teacher", "version": 1, "network": <network config section>,
@@ -33,6 +39,7 @@ from gendistill.convert.safe_load import (Checkpoint, PersistentObject, UnsafePi
 
 FORMAT = "gendistill-teacher"
 PRECONDITIONINGS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
+EDM2_CLASS = "Precond"  # the class name EDM2's pickles record for training.networks_edm2.Precond
 # Defaults of EDM's network constructors (training/networks.py), for keyword arguments a pickle leaves out.
 _SONGUNET_DEFAULTS = dict(augment_dim=0, model_channels=128, channel_mult=[1, 2, 2, 2], channel_mult_emb=4,
                           num_blocks=4, attn_resolutions=[16], dropout=0.10, label_dropout=0,
@@ -52,12 +59,14 @@ __all__ = ["ConversionError", "UnsafePickleError", "WeightsFileError", "convert"
 def infer_architecture(net: PersistentObject) -> Dict[str, Any]:
   """dict(network=..., shape=..., num_classes=...) from an EDM network pickle's recorded constructor arguments."""
   cls = net.class_name
+  if cls == EDM2_CLASS:
+    return _edm2_architecture(net)
   if cls == "iDDPMPrecond":
     raise ConversionError("iDDPMPrecond (EDM's baseline ADM files) is not supported: its c_noise is an index "
                           "into 1000 discrete noise levels. Use edm-imagenet-64x64-cond-adm.pkl (EDMPrecond).")
   if cls not in PRECONDITIONINGS:
     raise ConversionError(f"The pickle's network is a {cls!r}; expected one of {sorted(PRECONDITIONINGS)} "
-                          "(an EDM network file).")
+                          f"(an EDM network file) or {EDM2_CLASS!r} (an EDM2 network file).")
   kw = dict(net.init_kwargs)
   if not kw and net.init_args:
     raise ConversionError(f"{cls} recorded positional constructor arguments only; use --preset.")
@@ -87,6 +96,38 @@ def infer_architecture(net: PersistentObject) -> Dict[str, Any]:
                  **{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()})
   res, channels = int(kw["img_resolution"]), int(kw["img_channels"])
   return dict(network=network, shape=(res, res, channels), num_classes=int(kw.get("label_dim", 0)))
+
+
+def _edm2_architecture(net: PersistentObject) -> Dict[str, Any]:
+  """The architecture of an EDM2 pickle's Precond (nets/edm2.py architecture_from_official)."""
+  from gendistill.nets import edm2  # pylint: disable=g-import-not-at-top
+  inner = net.modules.get("unet")
+  if inner is None or inner.class_name != "UNet":
+    raise ConversionError(f"The pickle's network is a {EDM2_CLASS!r} without EDM2's 'unet' submodule (found "
+                          f"{sorted(net.modules)}); not an EDM2 network file.")
+  if not net.init_kwargs:
+    raise ConversionError("The EDM2 Precond recorded no constructor arguments; save its state_dict and use "
+                          "--preset (e.g. edm2-img64-s).")
+  try:
+    return edm2.architecture_from_official({**dict(zip(("img_resolution", "img_channels", "label_dim"),
+                                                        net.init_args)), **net.init_kwargs})
+  except ValueError as e:
+    raise ConversionError(str(e)) from e
+
+
+def _map_weights(state_dict, arch, abstract, source):
+  """Flax variables of the architecture `arch` from a PyTorch state dict; both mappings cast every value to
+  float32 (float16/bfloat16 files: their values exactly)."""
+  network = arch["network"]
+  if network["kind"] == "edm2":
+    from gendistill.nets import edm2  # pylint: disable=g-import-not-at-top
+    fields = edm2.fields_from_config(_network_config(network), _spec(arch))
+    try:
+      return edm2.from_torch_state_dict(state_dict, fields)
+    except ValueError as e:
+      raise ConversionError(f"{source}: {e}") from e
+  return mapping.torch_to_flax(state_dict, abstract, resample_filter=tuple(network.get("resample_filter", (1, 1))),
+                               source=source)
 
 
 def _network_config(network: Dict[str, Any]):
@@ -169,12 +210,10 @@ def convert(src: str, out: str, preset: Optional[str] = None, key: Optional[str]
     arch = _arch_from_metadata(ckpt)
     if arch is None:
       raise ConversionError(f"{src} is a state dict without constructor arguments: name its architecture with "
-                            f"--preset (one of {sorted(teacher_presets.TEACHERS)}).")
+                            f"--preset (one of {teacher_presets.names()}).")
   network_cfg, spec = _network_config(arch["network"]), _spec(arch)
   _, abstract = _abstract_variables(network_cfg, spec)
-  variables = mapping.torch_to_flax(ckpt.state_dict, abstract,
-                                    resample_filter=tuple(arch["network"].get("resample_filter", (1, 1))),
-                                    source=src)
+  variables = _map_weights(ckpt.state_dict, arch, abstract, src)
   info = dict(format=FORMAT, version=1, network=network_cfg.to_dict(),
               spec=dict(key="image", shape=list(spec.shape), num_classes=spec.num_classes),
               source=dict(file=os.path.basename(src), format=ckpt.format, preset=preset or "",
@@ -241,11 +280,16 @@ def export_generator(variables, network: Dict[str, Any], spec, path: str) -> Dic
   """Writes Flax `variables` of a network built from `network` (a network config section) for `spec` as a
   PyTorch state dict in EDM's names and layouts: `path` .pt (torch.load(weights_only=True)) or .safetensors
   (with the architecture as metadata, so `convert` reads it back without --preset). The keys are those of
-  EDM's preconditioning wrapper (`model.` prefix), so they load into the matching NVlabs/edm network."""
+  EDM's preconditioning wrapper (`model.` prefix), or of EDM2's Precond for kind 'edm2', so they load into the
+  matching NVlabs/edm or NVlabs/edm2 network."""
   network = dict(network.to_dict() if hasattr(network, "to_dict") else network)
   arch = dict(network=network, shape=list(spec.shape), num_classes=spec.num_classes)
-  state = mapping.flax_to_torch(jax_to_numpy(variables),
-                                resample_filter=tuple(network.get("resample_filter", (1, 1))))
+  if network["kind"] == "edm2":  # EDM2 Precond.state_dict() names (no 'model.' prefix)
+    from gendistill.nets import edm2  # pylint: disable=g-import-not-at-top
+    state = edm2.to_torch_state_dict(jax_to_numpy(variables))
+  else:
+    state = mapping.flax_to_torch(jax_to_numpy(variables),
+                                  resample_filter=tuple(network.get("resample_filter", (1, 1))))
   export_lib.save_state_dict(state, path, metadata={"gendistill_architecture": json.dumps(arch, default=list)})
   return state
 
@@ -261,8 +305,8 @@ def export_run(workdir: str, path: str, step: Optional[int] = None) -> Dict[str,
   if info is None:
     raise FileNotFoundError(f"No run of gendistill in {workdir!r} (missing config.json).")
   network = info["config"]["network"]
-  if network["kind"] not in ("unet", "adm"):
-    raise ConversionError(f"Only EDM networks (kind 'unet' or 'adm') export to PyTorch; the run's is "
+  if network["kind"] not in ("unet", "adm", "edm2"):
+    raise ConversionError(f"Only EDM/EDM2 networks (kind 'unet', 'adm' or 'edm2') export to PyTorch; the run's is "
                           f"{network['kind']!r}.")
   teacher = teachers.from_workdir(workdir, step)
   return export_generator(teacher.params, network, DataSpec(**info["spec"]), path)

@@ -5,6 +5,12 @@ named after their files, plus tiny versions for tests.
 `python -m gendistill.convert FILE OUT` reads the architecture from a .pkl itself; a preset is needed only for
 state-dict files (.pt, .safetensors, .npz), which carry no constructor arguments: `--preset NAME`.
 The EDM file names' vp/ve denote the DDPM++/NCSN++ architectures; their preconditioning is EDM's.
+
+EDM2's presets (`edm2-img64-xs` .. `edm2-img64-xl`, `tiny-edm2`) are defined beside the network
+(nets/edm2.py `TEACHER_PRESETS`, from the published training configurations) and listed here too: `get` and
+`names` cover both, so the converter, the configs and the tests look every teacher up in one place. They are
+merged lazily because this module (TEACHERS) must import without jax (the fixture scripts run in a torch-only
+environment).
 """
 
 _DDPMPP = dict(kind="unet", preconditioning="edm", sigma_data=0.5, model_channels=128, channel_mult=(2, 2, 2),
@@ -45,8 +51,20 @@ TEACHERS = {
 }
 
 
+def all_teachers() -> dict:
+  """Every teacher preset: EDM's (TEACHERS) and EDM2's (nets/edm2.py TEACHER_PRESETS)."""
+  from gendistill.nets import edm2  # pylint: disable=g-import-not-at-top  (jax; see the module docstring)
+  return {**TEACHERS, **edm2.TEACHER_PRESETS}
+
+
+def names() -> list:
+  return sorted(all_teachers())
+
+
 def get(name: str) -> dict:
-  if name not in TEACHERS:
-    raise ValueError(f"Unknown teacher preset {name!r}; expected one of {sorted(TEACHERS)}.")
-  t = TEACHERS[name]
+  """dict(network=..., shape=..., num_classes=...) of a teacher preset (a fresh copy)."""
+  table = TEACHERS if name in TEACHERS else all_teachers()
+  if name not in table:
+    raise ValueError(f"Unknown teacher preset {name!r}; expected one of {sorted(table)}.")
+  t = table[name]
   return dict(network=dict(t["network"]), shape=tuple(t["shape"]), num_classes=t["num_classes"])

@@ -544,7 +544,7 @@ def from_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: Mapping[
 def to_torch_state_dict(variables: Mapping[str, Any], prefix: Sequence[str] = PREFIX) -> Dict[str, np.ndarray]:
   """The inverse of `from_torch_state_dict`: EDM2 Precond.state_dict() keys -> float32 numpy arrays."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
-  return {official_key(p, prefix): np.ascontiguousarray(_to_torch(np.asarray(v, np.float32)))
+  return {official_key(p, prefix): np.asarray(_to_torch(np.asarray(v, np.float32)), order="C")  # keeps 0-d gains 0-d
           for p, v in flat.items()}
 
 
