@@ -21,10 +21,10 @@ import ml_collections
 from gendistill import checkpoint as ckpt_lib
 from gendistill import data as data_lib
 from gendistill import evaluation
-from gendistill import generate
 from gendistill import logs
 from gendistill import objectives
 from gendistill import sharding
+from gendistill import teachers
 from gendistill import train
 from gendistill import validation
 from gendistill.data import DataSpec
@@ -68,7 +68,7 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
   objective = objectives.build(config, spec)
   # Sampling never uses the teacher: its shapes (from the run's network section) rebuild the state, so a
   # student is evaluated without its teacher's workdir.
-  teacher = generate.abstract_teacher(config, spec)
+  teacher = teachers.abstract_for_run(config, spec)
   # Sampling and Inception features run sharded over the run's mesh (all devices by default).
   mesh_config = config.get("mesh")
   mesh = sharding.make_mesh(mesh_config)

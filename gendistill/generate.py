@@ -133,15 +133,6 @@ class Generator:
     return np.concatenate(out)
 
 
-def abstract_teacher(config, spec):
-  """Shapes of a teacher of the run's own network, or None: enough for the student state's structure (an init
-  that copies the teacher copies a tree of exactly these shapes). The real teacher is never loaded."""
-  if config.teacher.get("source", "none") == "none":
-    return None
-  shapes = jax.eval_shape(lambda: teachers.random_network(config.network, spec).params)
-  return teachers.Teacher(params=shapes, apply_fn=lambda *a, **k: None, num_classes=spec.num_classes)
-
-
 def load(workdir: str, step: Optional[int] = None, steps: Optional[int] = None,
          guidance: Optional[float] = None, mesh=None) -> Generator:
   """The exported sampler of the run in `workdir` at checkpoint `step` (default: the newest)."""
@@ -149,13 +140,13 @@ def load(workdir: str, step: Optional[int] = None, steps: Optional[int] = None,
   if info is None:
     raise FileNotFoundError(f"{workdir!r} holds no gendistill run (config.json is missing); pass the workdir "
                             "of a run made by `python -m gendistill.main`.")
-  config = ml_collections.ConfigDict(info["config"])
+  config = ml_collections.ConfigDict(objectives.migrate_config(info["config"]))
   if guidance is not None:
     config.sampler.guidance = float(guidance)
   spec = DataSpec(**{**info["spec"], "shape": tuple(info["spec"]["shape"])})
   objective = objectives.build(config, spec)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1))) if mesh is None else mesh
-  state = ckpt_lib.restore_state(workdir, objective, spec, step=step, teacher=abstract_teacher(config, spec),
+  state = ckpt_lib.restore_state(workdir, objective, spec, step=step, teacher=teachers.abstract_for_run(config, spec),
                                  mesh=mesh, rules=config.get("mesh"))
   return Generator(objective=objective, spec=spec, state=state, mesh=mesh, config=config, steps=steps)
 

@@ -56,8 +56,20 @@ def from_workdir(workdir: str, step: Optional[int] = None) -> Teacher:
   config = ml_collections.ConfigDict(objectives.migrate_config(saved["config"]))
   spec = DataSpec(**saved["spec"])
   objective = objectives.build(config, spec)
-  state = checkpoint.restore_state(workdir, objective, spec, step=None if step in (None, -1) else step)
+  state = checkpoint.restore_state(workdir, objective, spec, step=None if step in (None, -1) else step,
+                                   teacher=abstract_for_run(config, spec))
   return _exported(objective, state, spec)
+
+
+def abstract_for_run(config: ml_collections.ConfigDict, spec) -> Optional[Teacher]:
+  """Shapes standing in for the teacher a run of `config` started from (None if it had none): enough to rebuild
+  the structure of the run's TrainState (an init that copies the teacher copies a tree of these shapes) without
+  loading the teacher, which may live on another machine. Its apply function returns zeros of the input's shape."""
+  if config.teacher.source == "none":
+    return None
+  shapes = jax.eval_shape(lambda: random_network(config.network, spec).params)
+  return Teacher(params=shapes, apply_fn=lambda params, x, *args, **kwargs: jnp.zeros_like(x),
+                 num_classes=spec.num_classes)
 
 
 def _exported(objective, state, spec) -> Teacher:
