@@ -282,8 +282,8 @@ class _Decoder(nn.Module):
     return x
 
 
-class UNet(nn.Module):
-  """EDM2's `UNet` (Figure 21): see the module docstring. Inputs NHWC; output float32."""
+class _Architecture(nn.Module):
+  """The architecture fields shared by `UNet` and `EDM2` (declared once)."""
   img_resolution: int
   img_channels: int
   label_dim: int = 0
@@ -302,6 +302,10 @@ class UNet(nn.Module):
   clip_act: Optional[float] = 256.0
   label_dropout: float = 0.0
   dtype: Dtype = jnp.float32
+
+
+class UNet(_Architecture):
+  """EDM2's `UNet` (Figure 21): see the module docstring. Inputs NHWC; output float32."""
 
   @nn.compact
   def __call__(self, x, noise_labels, class_labels=None, train: bool = False):
@@ -334,30 +338,12 @@ class UNet(nn.Module):
     return x.astype(jnp.float32), features
 
 
-class EDM2(nn.Module):
+class EDM2(_Architecture):
   """EDM2's Precond as a raw backbone: `unet` (F) and the uncertainty head (`logvar`). See the module docstring."""
-  img_resolution: int
-  img_channels: int
-  label_dim: int = 0
-  model_channels: int = 192
-  channel_mult: Sequence[int] = (1, 2, 3, 4)
-  channel_mult_noise: Optional[int] = None
-  channel_mult_emb: Optional[int] = None
-  num_blocks: int = 3
-  attn_resolutions: Sequence[int] = (16, 8)
-  label_balance: float = 0.5
-  concat_balance: float = 0.5
-  channels_per_head: int = 64
-  dropout: float = 0.0
-  res_balance: float = 0.3
-  attn_balance: float = 0.3
-  clip_act: Optional[float] = 256.0
   logvar_channels: int = 128
-  label_dropout: float = 0.0
-  dtype: Dtype = jnp.float32
 
   def setup(self):
-    unet_fields = {f: getattr(self, f) for f in UNet.__dataclass_fields__ if f not in ("parent", "name")}
+    unet_fields = {f: getattr(self, f) for f in _Architecture.__dataclass_fields__ if f not in ("parent", "name")}
     self.unet = UNet(**unet_fields)
     self.logvar_fourier = MPFourier(self.logvar_channels)
     self.logvar_linear = MPConv(1)
