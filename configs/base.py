@@ -12,6 +12,7 @@ from gendistill import objectives
 from gendistill import sharding
 from gendistill import teachers
 from gendistill.diffusion import samplers
+from gendistill.nets import edm2
 from gendistill.nets import unet
 
 
@@ -35,6 +36,7 @@ def get_config(objective: str = "edm") -> ml_collections.ConfigDict:
       attn_resolutions=(8,),
       embedding_type="positional",
       **unet.EDM_FIELDS,      # SongUNet's optional fields (NCSN++, augmentation labels) for converted teachers
+      **edm2.CONFIG_FIELDS,   # EDM2's magnitude-preserving UNet (kind 'edm2'); see gendistill/nets/edm2.py
       dropout=0.1,
       label_dropout=0.0,      # > 0 trains the unconditional model too, for classifier-free guidance
       # MLP (toy vectors)

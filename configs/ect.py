@@ -7,12 +7,13 @@ cifar10 (locuslab/ect run_ecm.sh, training/loss.py): unconditional, batch 128, R
 0.9999, q 2, k 8, b 1, c 0, stages of 25k iterations (250 ticks of 12.8 kimg), t ~ lognormal(-1.1, 2.0),
 sigma_min 0.003, 400k iterations (the README's 3.60 / 2.11 FIDs; run_ecm.sh stops at 200k), 2-step level 0.821.
 imagenet64 (the `imgnet` branch, EDM2-S): q 4, t ~ lognormal(-0.8, 1.6), weight EDM's lambda(t), Adam lr 1e-3
-(0.9, 0.99), dropout 0.4, batch 128, 100k iterations, stages of 25k, 2-step level 1.526. The branch's
-inverse-sqrt learning-rate decay and post-hoc EMA are not in this library (constant lr and EMA 0.9999 stand in),
-and its EDM2-S network is not yet wired into the presets: EDM's ADM teacher stands in.
-Teachers as configs/cd.py: teacher.source='converted' with `teacher=DIR` (cifar10: the converted
-edm-cifar10-32x32-uncond-vp.pkl; imagenet64: edm-imagenet-64x64-cond-adm.pkl); the network section is the
-file's architecture and the student starts from its parameters.
+(0.9, 0.99), dropout 0.4, batch 128, 100k iterations, stages of 25k, 2-step level 1.526, from EDM2-S. The
+branch's inverse-sqrt learning-rate decay and post-hoc EMA are not in this library (constant lr and EMA 0.9999
+stand in).
+Teachers: teacher.source='converted' with `teacher=DIR` (cifar10: the converted edm-cifar10-32x32-uncond-vp.pkl;
+imagenet64: EDM2's edm2-img64-s-*.pkl, converted with `python -m gendistill.convert FILE.pkl DIR
+--preset=edm2-img64-s`); the network section is the file's architecture and the student starts from its
+parameters.
 """
 from configs import cd as cd_config
 from configs import sid as sid_config
@@ -37,6 +38,7 @@ def get_config(arg: str = "digits"):
     c.data.batch_size = 128
     c.train.num_steps = 400_000
   elif dataset == "imagenet64":
+    sid_config.use_teacher(c, "edm2-img64-s", c.teacher.workdir)
     c.network.dropout = 0.4
     o.update(q=4.0, p_mean=-0.8, p_std=1.6, weighting="edm", stage_steps=25_000, init="teacher",
              sample_sigmas=(80.0, 1.526))

@@ -192,7 +192,9 @@ def test_paper_preset_step_lowers_at_full_size(module, dataset):
   config = importlib.import_module(f"configs.{module}").get_config(dataset)
   assert config.teacher.source == "converted"
   uncond = dataset == "cifar10" and not config.data.conditional  # the consistency presets' CIFAR-10
-  arch = presets.get(sid_config.TEACHERS["cifar10,uncond" if uncond else dataset])
+  name = "edm2-img64-s" if (module, dataset) == ("ect", "imagenet64") else (  # ECT's ImageNet run: EDM2-S
+      sid_config.TEACHERS["cifar10,uncond" if uncond else dataset])
+  arch = presets.get(name)
   # The network section is the teacher's architecture (dropout is a training choice of each preset).
   assert {k: config.network[k] for k in arch["network"] if k != "dropout"} == {
       k: v for k, v in arch["network"].items() if k != "dropout"}

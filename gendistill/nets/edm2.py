@@ -86,6 +86,11 @@ DEFAULTS = dict(
     num_blocks=3, attn_resolutions=(16, 8), label_balance=0.5, concat_balance=0.5, channels_per_head=64,
     dropout=0.0, res_balance=0.3, attn_balance=0.3, clip_act=256.0, logvar_channels=128)
 
+# The EDM2-only keys of a `network` config section (the shared ones -- model_channels, channel_mult, ... -- are
+# declared with the SongUNet's), with EDM2's defaults.
+CONFIG_FIELDS = {k: DEFAULTS[k] for k in ("label_balance", "concat_balance", "channels_per_head", "res_balance",
+                                          "attn_balance", "clip_act", "logvar_channels")}
+
 _IMG64 = dict(img_resolution=64, img_channels=3, label_dim=1000, channel_mult=(1, 2, 3, 4), num_blocks=3,
               attn_resolutions=(16, 8))
 PRESETS = {
