@@ -110,17 +110,21 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # Every flag a preset accepts after its dataset (a preset taking a new flag adds it here): a misspelt one is an
 # error, not a silently different run.
 KNOWN_FLAGS = ("smoke", "grid25", "vsd", "noreg", "fewstep", "reverse_kl", "softened_rkl", "js", "squared_hellinger",
-               "forward_kl", "jeffreys", "neyman_chi2", "l2")
+               "forward_kl", "jeffreys", "neyman_chi2", "l2", "uncond")
 KNOWN_FLAG_PREFIXES = ("teacher=",)
 
 
-def parse_arg(arg: str):
-  """'digits,smoke' -> ('digits', {'smoke'})."""
+def parse_arg(arg: str, takes_teacher: bool = False):
+  """'digits,smoke' -> ('digits', {'smoke'}). A `teacher=` flag is an error unless the preset reads it
+  (`takes_teacher`), so that it is never silently ignored."""
   parts = [p for p in (arg or "").split(",") if p]
   unknown = [p for p in parts[1:] if p not in KNOWN_FLAGS and not p.startswith(KNOWN_FLAG_PREFIXES)]
   if unknown:
     raise ValueError(f"Unknown preset flag(s) {unknown} in {arg!r}; known flags: {', '.join(KNOWN_FLAGS)} and "
                      f"{', '.join(p + '...' for p in KNOWN_FLAG_PREFIXES)}.")
+  if not takes_teacher and any(p.startswith("teacher=") for p in parts[1:]):
+    raise ValueError(f"This preset trains without a teacher, so the flag 'teacher=...' in {arg!r} has no meaning; "
+                     "remove it.")
   return (parts[0] if parts else ""), set(parts[1:])
 
 

@@ -30,7 +30,7 @@ from gendistill.convert import presets as teacher_presets
 
 DEFAULT_TEACHER = "workdirs/demo/teacher"
 DATASETS = ("toy2d", "digits", "cifar10", "imagenet64")
-ARGS = ("toy2d", "toy2d,grid25", "digits", "cifar10", "imagenet64")
+ARGS = ("toy2d", "toy2d,grid25", "digits", "cifar10", "cifar10,uncond", "imagenet64")
 # The published teacher of each dataset (gendistill.convert.presets names, after the files).
 TEACHERS = {"cifar10": "edm-cifar10-32x32-cond-vp", "cifar10,uncond": "edm-cifar10-32x32-uncond-vp",
             "imagenet64": "edm-imagenet-64x64-cond-adm"}
@@ -38,7 +38,7 @@ TEACHERS = {"cifar10": "edm-cifar10-32x32-cond-vp", "cifar10,uncond": "edm-cifar
 
 def parse(arg: str):
   """'digits,smoke,teacher=/x' -> ('digits', {'smoke'}, '/x' or None)."""
-  dataset, flags = base.parse_arg(arg)
+  dataset, flags = base.parse_arg(arg, takes_teacher=True)
   teacher = None
   for flag in list(flags):
     if flag.startswith("teacher="):

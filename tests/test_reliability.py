@@ -152,6 +152,17 @@ def test_misspelt_preset_flag_is_an_error():
     sid_config.get_config("digits,smok,teacher=/x")
 
 
+def test_teacher_flag_is_read_or_refused_never_ignored():
+  from configs import add as add_config  # pylint: disable=g-import-not-at-top
+  from configs import ign as ign_config  # pylint: disable=g-import-not-at-top
+  assert add_config.get_config("digits,teacher=/t").teacher.workdir == "/t"
+  cifar = add_config.get_config("cifar10,teacher=/c")
+  assert (cifar.teacher.source, cifar.teacher.workdir) == ("converted", "/c")
+  for preset in (ign_config, edm_config):     # they train without a teacher
+    with pytest.raises(ValueError, match="teacher=.*remove it"):
+      preset.get_config("digits,teacher=/t")
+
+
 def test_teacher_workdir_on_an_analytic_preset_is_an_error(tmp_path):
   with pytest.raises(validation.ConfigError, match="teacher.workdir"):
     train.train_and_evaluate(sid_config.get_config(f"toy2d,smoke,teacher={tmp_path}"), str(tmp_path / "run"))
