@@ -8,7 +8,6 @@ Samples the run's exported sampler (class-balanced for conditional models) and r
 Results are printed and written to DIR/eval/step_<step>.json.
 """
 import json
-import os
 import sys
 import time
 
@@ -23,6 +22,7 @@ from gendistill import data as data_lib
 from gendistill import evaluation
 from gendistill import logs
 from gendistill import objectives
+from gendistill import paths
 from gendistill import sharding
 from gendistill import teachers
 from gendistill import train
@@ -52,7 +52,7 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
   Every argument and file is checked before anything is restored or sampled (ConfigError naming it)."""
   validation.check_eval_args(num_samples, batch_size, steps, ref_stats_path, inception_weights,
                              ref_images_from_data)
-  if not workdir or not os.path.isdir(workdir):
+  if not workdir or not paths.isdir(workdir):
     raise FileNotFoundError(f"--workdir={workdir!r} is not a directory.")
   info = ckpt_lib.read_run_info(workdir)
   if info is None:
@@ -90,10 +90,7 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
   results = {"step": int(state.step), "num_samples": num_samples, "sampling_seconds": time.time() - t0}
   if evaluator is not None:
     results.update(evaluator(samples, labels))
-  path = os.path.join(workdir, "eval", f"step_{results['step']:08d}.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2)
+  paths.write_text(paths.join(workdir, "eval", f"step_{results['step']:08d}.json"), json.dumps(results, indent=2))
   return results
 
 

@@ -18,8 +18,8 @@ padding between tiles (toy 2-D samples: a scatter plot over the data); a `.npz` 
 [N, H, W, C], EDM's quantisation) or `x` (float32 [N, 2]) plus `labels` and `seeds`.
 """
 import dataclasses
+import io
 import math
-import os
 import re
 import sys
 from typing import Optional, Sequence
@@ -34,6 +34,7 @@ import numpy as np
 
 from gendistill import checkpoint as ckpt_lib
 from gendistill import objectives
+from gendistill import paths
 from gendistill import sharding
 from gendistill import teachers
 from gendistill.data import DataSpec
@@ -169,9 +170,6 @@ def write(samples: np.ndarray, seeds: Sequence[int], labels: Optional[np.ndarray
   check_out(out, spec, as_grid)
   seeds = np.asarray(seeds)
   if out.endswith(".npz"):
-    parent = os.path.dirname(out)
-    if parent:
-      os.makedirs(parent, exist_ok=True)
     arrays = {"seeds": seeds}
     if spec.key == "image":
       arrays["images"] = grid_lib.to_uint8(samples)
@@ -179,7 +177,7 @@ def write(samples: np.ndarray, seeds: Sequence[int], labels: Optional[np.ndarray
       arrays[spec.key] = samples.astype(np.float32)
     if labels is not None:
       arrays["labels"] = labels.astype(np.int64)
-    np.savez(out, **arrays)
+    paths.save_npz(out, **arrays)   # local or gs://...
     return
   if as_grid:
     if spec.key == "image":
@@ -190,9 +188,11 @@ def write(samples: np.ndarray, seeds: Sequence[int], labels: Optional[np.ndarray
       grid_lib.save_scatter(samples, out, reference=reference)
     return
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  os.makedirs(out, exist_ok=True)
+  paths.makedirs(out)
   for seed, image in zip(seeds, grid_lib.to_uint8(samples)):
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(os.path.join(out, f"{seed:06d}.png"))
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    paths.write_bytes(paths.join(out, f"{seed:06d}.png"), buf.getvalue())
 
 
 def _reference(config, n: int = 4000):

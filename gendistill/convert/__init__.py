@@ -243,18 +243,17 @@ def _arch_from_metadata(ckpt: Checkpoint):
 
 def read_teacher(directory: str):
   """(network ConfigDict, DataSpec, variables as numpy) of a converted teacher directory."""
-  path = os.path.join(directory, "config.json")
-  if not os.path.isfile(path):
+  from gendistill import paths  # pylint: disable=g-import-not-at-top
+  path = paths.join(directory, "config.json")
+  if not paths.isfile(path):
     raise FileNotFoundError(f"No converted teacher in {directory!r} (missing config.json; make one with "
                             "`python -m gendistill.convert SRC OUT`).")
-  with open(path) as f:
-    info = json.load(f)
+  info = json.loads(paths.read_text(path))
   if info.get("format") != FORMAT:
     raise ValueError(f"{path} is not a converted teacher (format {info.get('format')!r}, expected {FORMAT!r}).")
   network_cfg = _network_config(info["network"])
   spec = _spec(dict(shape=info["spec"]["shape"], num_classes=info["spec"]["num_classes"]))
-  with np.load(os.path.join(directory, "params.npz"), allow_pickle=False) as z:
-    variables = _unflatten({k: z[k] for k in z.files})
+  variables = _unflatten(paths.load_npz(paths.join(directory, "params.npz")))
   return network_cfg, spec, variables
 
 
