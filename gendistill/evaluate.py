@@ -5,7 +5,8 @@ Samples the run's exported sampler (class-balanced for conditional models) and r
   FD and class accuracy), and
 - with --inception_weights (a local pytorch-fid .pth or our .npz; never downloaded) and --ref_stats (an .npz
   with mu/sigma, e.g. EDM's) or --ref_images_from_data: FID, KID, IS and precision/recall.
-Results are printed and written to DIR/eval/step_<step>.json. DIR and the files may be gs:// paths (gendistill.paths).
+Results are printed and written to DIR/eval/step_<step>.json. DIR and the files may be gs:// paths
+(gendistill.paths).
 """
 import json
 import sys
@@ -35,7 +36,8 @@ _NUM = flags.DEFINE_integer("num_samples", 10_000, "Number of samples.")
 _BATCH = flags.DEFINE_integer("batch_size", 250, "Sampling batch size.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the objective's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_WEIGHTS = flags.DEFINE_string("inception_weights", None, "Inception weights for FID & co. (a local or gs:// path; never downloaded).")
+_WEIGHTS = flags.DEFINE_string("inception_weights", None,
+                                "Inception weights for FID & co. (a local or gs:// path; never downloaded).")
 _REF_STATS = flags.DEFINE_string("ref_stats", None, ".npz reference statistics with mu and sigma.")
 _PREPROCESSING = flags.DEFINE_enum("inception_preprocessing", None, ["nvidia", "pytorch_fid"],
                                    "Inception input pipeline (default: the run's eval.inception_preprocessing, "
