@@ -4,8 +4,6 @@ A checkpoint holds the TrainState and the data iterator's position, so a resumed
 Nothing else in the library touches orbax.
 """
 import json
-import os
-import shutil
 import time
 from typing import Any, Optional, Tuple
 
@@ -13,6 +11,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from gendistill import paths
 from gendistill import sharding
 from gendistill import state as state_lib
 from gendistill.data.spec import abstract_batch
@@ -30,10 +29,10 @@ class CheckpointError(RuntimeError):
 class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.resolve(directory)   # local: absolute; gs://... as given
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(paths.path(self.directory), options=options)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -85,10 +84,9 @@ class Checkpointer:
 
   def _set_aside(self, steps, folder: str):
     self._manager.wait_until_finished()
-    os.makedirs(folder, exist_ok=True)
     for t in steps:
-      dest = os.path.join(folder, f"{t}.{time.strftime('%Y%m%d-%H%M%S')}")
-      shutil.move(os.path.join(self.directory, str(t)), dest)
+      dest = paths.join(folder, f"{t}.{time.strftime('%Y%m%d-%H%M%S')}")
+      paths.move(paths.join(self.directory, str(t)), dest)
       logging.warning("Moved the unreadable checkpoint of step %d to %s; the run will rewrite that step.", t, dest)
     self._manager.reload()
 
@@ -101,7 +99,7 @@ class Checkpointer:
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(workdir, "checkpoints")
+  return paths.join(workdir, "checkpoints")
 
 
 def restore_state(workdir: str, objective, spec, step: Optional[int] = None, teacher=None, mesh=None,
@@ -126,19 +124,15 @@ def write_run_info(workdir: str, config, spec) -> None:
   """config.json: the run's config and data spec, so the run can be rebuilt (teachers, evaluation)."""
   import dataclasses  # pylint: disable=g-import-not-at-top
 
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"config": config.to_dict(), "spec": dataclasses.asdict(spec)}, f, indent=2, default=list)
-  os.replace(tmp, path)
+  paths.write_text(paths.join(workdir, "config.json"),
+                   json.dumps({"config": config.to_dict(), "spec": dataclasses.asdict(spec)}, indent=2, default=list))
 
 
 def read_run_info(workdir: str):
   """config.json of a run as a dict, None if there is none; a truncated or non-JSON file is a clear error."""
   from gendistill import validation  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = paths.join(workdir, "config.json")
+  if not paths.exists(path):
     return None
   info = validation.read_json(path)
   if not isinstance(info, dict) or "config" not in info or "spec" not in info:

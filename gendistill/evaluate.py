@@ -5,10 +5,10 @@ Samples the run's exported sampler (class-balanced for conditional models) and r
   FD and class accuracy), and
 - with --inception_weights (a local pytorch-fid .pth or our .npz; never downloaded) and --ref_stats (an .npz
   with mu/sigma, e.g. EDM's) or --ref_images_from_data: FID, KID, IS and precision/recall.
-Results are printed and written to DIR/eval/step_<step>.json.
+Results are printed and written to DIR/eval/step_<step>.json. DIR and the files may be gs:// paths
+(gendistill.paths).
 """
 import json
-import os
 import sys
 import time
 
@@ -23,6 +23,7 @@ from gendistill import data as data_lib
 from gendistill import evaluation
 from gendistill import logs
 from gendistill import objectives
+from gendistill import paths
 from gendistill import sharding
 from gendistill import teachers
 from gendistill import train
@@ -35,7 +36,8 @@ _NUM = flags.DEFINE_integer("num_samples", 10_000, "Number of samples.")
 _BATCH = flags.DEFINE_integer("batch_size", 250, "Sampling batch size.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the objective's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_WEIGHTS = flags.DEFINE_string("inception_weights", None, "Local Inception weights for FID & co.")
+_WEIGHTS = flags.DEFINE_string("inception_weights", None,
+                                "Inception weights for FID & co. (a local or gs:// path; never downloaded).")
 _REF_STATS = flags.DEFINE_string("ref_stats", None, ".npz reference statistics with mu and sigma.")
 _PREPROCESSING = flags.DEFINE_enum("inception_preprocessing", None, ["nvidia", "pytorch_fid"],
                                    "Inception input pipeline (default: the run's eval.inception_preprocessing, "
@@ -52,7 +54,7 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
   Every argument and file is checked before anything is restored or sampled (ConfigError naming it)."""
   validation.check_eval_args(num_samples, batch_size, steps, ref_stats_path, inception_weights,
                              ref_images_from_data)
-  if not workdir or not os.path.isdir(workdir):
+  if not workdir or not paths.isdir(workdir):
     raise FileNotFoundError(f"--workdir={workdir!r} is not a directory.")
   info = ckpt_lib.read_run_info(workdir)
   if info is None:
@@ -90,10 +92,7 @@ def evaluate_run(workdir: str, step=None, num_samples: int = 10_000, batch_size:
   results = {"step": int(state.step), "num_samples": num_samples, "sampling_seconds": time.time() - t0}
   if evaluator is not None:
     results.update(evaluator(samples, labels))
-  path = os.path.join(workdir, "eval", f"step_{results['step']:08d}.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2)
+  paths.write_text(paths.join(workdir, "eval", f"step_{results['step']:08d}.json"), json.dumps(results, indent=2))
   return results
 
 

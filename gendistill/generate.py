@@ -3,6 +3,13 @@
     python -m gendistill.generate --workdir=workdirs/demo/sid --seeds=0-99 --out=samples/          # 100 PNGs
     python -m gendistill.generate --workdir=workdirs/demo/sid --seeds=0-99 --grid --out=grid.png   # one grid
     python -m gendistill.generate --workdir=workdirs/demo/teacher --num=50000 --out=edm.npz --steps=18
+    python -m gendistill.generate --network=sid.safetensors --seeds=0-99 --out=samples/   # an exported file
+
+`--network` takes instead of a workdir a file written by `python -m gendistill.convert --export RUN FILE`
+(.safetensors or .pt): it holds the exported network and the description of the run that trained it (its
+config, data spec and step), so sampling is the run's own (a one-step generator, a few-step sampler, Heun for
+an `edm` teacher) and gives the same samples as --workdir=RUN. Objectives whose sampler needs more of the
+training state than the network (state.extra, e.g. IGN's noise statistics) need --workdir.
 
 Only the run's own checkpoint is read: the objective's sampler uses the exported network (the generator's EMA
 for a student, the denoiser's EMA with Heun for an `edm` run), never the teacher, so a one-step or few-step
@@ -18,8 +25,9 @@ padding between tiles (toy 2-D samples: a scatter plot over the data); a `.npz` 
 [N, H, W, C], EDM's quantisation) or `x` (float32 [N, 2]) plus `labels` and `seeds`.
 """
 import dataclasses
+import io
+import json
 import math
-import os
 import re
 import sys
 from typing import Optional, Sequence
@@ -33,13 +41,15 @@ import ml_collections
 import numpy as np
 
 from gendistill import checkpoint as ckpt_lib
+from gendistill import logs
 from gendistill import objectives
+from gendistill import paths
 from gendistill import sharding
 from gendistill import teachers
 from gendistill.data import DataSpec
 from gendistill.evaluation import grid as grid_lib
 
-_WORKDIR = _CHECKPOINT = _OUT = _NUM = _SEEDS = _CLASS = _GUIDANCE = _STEPS = _GRID = _BATCH = None
+_NETWORK = _WORKDIR = _CHECKPOINT = _OUT = _NUM = _SEEDS = _CLASS = _GUIDANCE = _STEPS = _GRID = _BATCH = None
 
 
 def define_flags():
@@ -47,6 +57,9 @@ def define_flags():
   `load`/`write` defines no flags next to another program's)."""
   global _WORKDIR, _CHECKPOINT, _OUT, _NUM, _SEEDS, _CLASS, _GUIDANCE, _STEPS, _GRID, _BATCH
   _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json and checkpoints/).")
+  global _NETWORK
+  _NETWORK = flags.DEFINE_string("network", None, "Instead of --workdir: a .safetensors/.pt file written by "
+                                 "`python -m gendistill.convert --export RUN FILE`.")
   _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: the newest).")
   _OUT = flags.DEFINE_string("out", None, "A directory (one PNG per sample), a .png (with --grid) or a .npz file.")
   _NUM = flags.DEFINE_integer("num", None, "Number of samples: seeds 0..num-1 (or use --seeds).")
@@ -128,7 +141,9 @@ class Generator:
       if labels is not None:
         lab_chunk = labels[start:start + batch]
         lab = jax.device_put(np.concatenate([lab_chunk, np.repeat(lab_chunk[-1:], pad)]), in_sharding)
-      x = self._sample(self.state, jax.device_put(keys, in_sharding), lab)
+      # The first call compiles (minutes for a large UNet on a CPU): say so, and mute XLA's slow-compile alarm.
+      with logs.compiling("the sampler", enabled=not out):
+        x = self._sample(self.state, jax.device_put(keys, in_sharding), lab)
       out.append(np.asarray(jax.device_get(x))[:len(chunk)])
     return np.concatenate(out)
 
@@ -151,6 +166,44 @@ def load(workdir: str, step: Optional[int] = None, steps: Optional[int] = None,
   return Generator(objective=objective, spec=spec, state=state, mesh=mesh, config=config, steps=steps)
 
 
+def load_exported(path: str, steps: Optional[int] = None, guidance: Optional[float] = None, mesh=None
+                  ) -> Generator:
+  """The sampler of the run that `python -m gendistill.convert --export` wrote to `path`, with its network."""
+  from gendistill import convert  # pylint: disable=g-import-not-at-top
+  from gendistill.data.spec import abstract_batch  # pylint: disable=g-import-not-at-top
+  if not paths.isfile(path):
+    raise FileNotFoundError(f"--network={path!r}: no such file.")
+  try:
+    variables, _, metadata = convert.read_exported(path)
+  except (convert.ConversionError, convert.WeightsFileError) as e:
+    raise ValueError(f"--network={path!r}: {e}") from None
+  if "gendistill_run" not in metadata:
+    raise ValueError(f"--network={path!r} records no run (exported before runs were recorded): export it again "
+                     "with `python -m gendistill.convert --export RUN FILE`, or use --workdir=RUN.")
+  run = json.loads(metadata["gendistill_run"])
+  config = ml_collections.ConfigDict(objectives.migrate_config(run["config"]))
+  if guidance is not None:
+    config.sampler.guidance = float(guidance)
+  spec = DataSpec(**{**run["spec"], "shape": tuple(run["spec"]["shape"])})
+  objective = objectives.build(config, spec)
+  abstract = jax.eval_shape(objective.init, jax.eval_shape(jax.random.key, 0), abstract_batch(spec),
+                            teachers.abstract_for_run(config, spec))
+  if jax.tree.leaves(abstract.extra):
+    raise ValueError(f"--network={path!r}: the {config.objective.name} sampler needs training state besides the "
+                     f"network (state.extra: {sorted(abstract.extra)}); use --workdir=RUN.")
+  role = objective.export_role
+  expected = abstract.ema[role] if role in abstract.ema else abstract.params[role]
+  if jax.tree.structure(expected) != jax.tree.structure(variables):
+    raise ValueError(f"--network={path!r}: its network does not match the {role!r} network of its run's config.")
+  variables = jax.tree.map(lambda v, a: np.asarray(v, a.dtype), variables, expected)
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1))) if mesh is None else mesh
+  # Only what samplers read: the exported network (as EMA and as parameters) and the step.
+  state = abstract.replace(step=np.int32(run.get("step", 0)), rng=jax.random.key(0), params={role: variables},
+                           ema={role: variables}, opt_state={}, extra={}, skipped={})
+  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return Generator(objective=objective, spec=spec, state=state, mesh=mesh, config=config, steps=steps)
+
+
 def check_out(out: str, spec: DataSpec, as_grid: bool = False):
   """Raises ValueError unless `out` is something `write` can write for data of `spec`."""
   if out.endswith(".npz"):
@@ -169,9 +222,6 @@ def write(samples: np.ndarray, seeds: Sequence[int], labels: Optional[np.ndarray
   check_out(out, spec, as_grid)
   seeds = np.asarray(seeds)
   if out.endswith(".npz"):
-    parent = os.path.dirname(out)
-    if parent:
-      os.makedirs(parent, exist_ok=True)
     arrays = {"seeds": seeds}
     if spec.key == "image":
       arrays["images"] = grid_lib.to_uint8(samples)
@@ -179,7 +229,7 @@ def write(samples: np.ndarray, seeds: Sequence[int], labels: Optional[np.ndarray
       arrays[spec.key] = samples.astype(np.float32)
     if labels is not None:
       arrays["labels"] = labels.astype(np.int64)
-    np.savez(out, **arrays)
+    paths.save_npz(out, **arrays)   # local or gs://...
     return
   if as_grid:
     if spec.key == "image":
@@ -190,9 +240,11 @@ def write(samples: np.ndarray, seeds: Sequence[int], labels: Optional[np.ndarray
       grid_lib.save_scatter(samples, out, reference=reference)
     return
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  os.makedirs(out, exist_ok=True)
+  paths.makedirs(out)
   for seed, image in zip(seeds, grid_lib.to_uint8(samples)):
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(os.path.join(out, f"{seed:06d}.png"))
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    paths.write_bytes(paths.join(out, f"{seed:06d}.png"), buf.getvalue())
 
 
 def _reference(config, n: int = 4000):
@@ -204,15 +256,21 @@ def _reference(config, n: int = 4000):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from gendistill import logs  # pylint: disable=g-import-not-at-top
   logs.quiet_libraries()
   if (_NUM.value is None) == (_SEEDS.value is None):
     raise app.UsageError("Pass exactly one of --num=N (seeds 0..N-1) and --seeds=a-b.")
   seeds = list(range(_NUM.value)) if _NUM.value is not None else parse_seeds(_SEEDS.value)
   if not seeds:
     raise app.UsageError("No seeds to sample.")
+  if (_WORKDIR.value is None) == (_NETWORK.value is None):
+    raise app.UsageError("Pass exactly one of --workdir=RUN and --network=FILE (from gendistill.convert --export).")
   try:
-    generator = load(_WORKDIR.value, _CHECKPOINT.value, _STEPS.value, _GUIDANCE.value)
+    if _NETWORK.value is not None:
+      if _CHECKPOINT.value is not None:
+        raise ValueError("--checkpoint: an exported --network file holds one network; export another step instead.")
+      generator = load_exported(_NETWORK.value, _STEPS.value, _GUIDANCE.value)
+    else:
+      generator = load(_WORKDIR.value, _CHECKPOINT.value, _STEPS.value, _GUIDANCE.value)
     labels = generator.labels_for(seeds, _CLASS.value)
     check_out(_OUT.value, generator.spec, _GRID.value)   # before sampling, not after
   except (FileNotFoundError, ValueError) as e:
@@ -220,10 +278,11 @@ def main(argv):
   samples = generator(seeds, labels, _BATCH.value, progress=sys.stderr.isatty())
   reference = _reference(generator.config) if _GRID.value and generator.spec.key == "x" else None
   write(samples, seeds, labels, _OUT.value, generator.spec, as_grid=_GRID.value, reference=reference)
-  print(f"Wrote {len(seeds)} samples of {_WORKDIR.value} (step {int(generator.state.step)}) to {_OUT.value}")
+  print(f"Wrote {len(seeds)} samples of {_WORKDIR.value or _NETWORK.value} (step {int(generator.state.step)}) to "
+        f"{_OUT.value}")
 
 
 if __name__ == "__main__":
   define_flags()
-  flags.mark_flags_as_required(["workdir", "out"])
+  flags.mark_flags_as_required(["out"])
   app.run(main)

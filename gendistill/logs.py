@@ -13,7 +13,11 @@ ReportProgress reports to a work-unit note rather than to the log.
 
 `quiet_libraries()` drops orbax's INFO lines (about 40 per checkpoint save; its warnings and errors stay).
 XLA's C++ "Very slow compile? If you want to file a bug..." alarm (an ERROR-level line that fires during any
-compile that takes minutes, which on a CPU is normal) is muted only while `compiling(...)` runs.
+compile that takes minutes, which on a CPU is normal) is muted only while `compiling(...)` runs. It is XLA's
+SlowCompilationAlarm: a LOG(ERROR) from a C++ thread once a compilation's backend phase passes 2 minutes, plus
+"The operation took ..." when it ends; no XLA flag turns it off, so `compiling` raises the C++ (absl) log level
+to FATAL meanwhile (the training loop's and compile_ahead's step compiles, generate's sampler). Checked by
+`scripts/check_slow_compile_alarm.py` (the alarm shows for a plain compile, not inside `compiling`).
 """
 import contextlib
 import logging as py_logging

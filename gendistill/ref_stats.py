@@ -10,7 +10,6 @@ of the dataset is used unless --num is given; the images are read in batches (ne
 `--preprocessing` must match what the statistics will be compared with: 'nvidia' (default; EDM's reference
 files were made with NVIDIA's detector) or 'pytorch_fid'. See docs/evaluation.md.
 """
-import os
 import sys
 from typing import Iterator, Optional
 
@@ -20,6 +19,7 @@ import gendistill  # noqa: F401  (CPU flags before jax starts)
 import ml_collections
 import numpy as np
 
+from gendistill import paths
 from gendistill.evaluation import evaluator as evaluator_lib
 
 _DATA = _TFDS = _SPLIT = _TFDS_DIR = _WORKDIR = _IMAGE_SIZE = _NUM = _WEIGHTS = _PREPROCESSING = _BATCH = _OUT = None
@@ -107,10 +107,7 @@ def compute(cfg, weights: str, preprocessing: str = evaluator_lib.DEFAULT_PREPRO
 
 
 def write(stats, out: str):
-  parent = os.path.dirname(out)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  np.savez(out, **stats)
+  paths.save_npz(out, **stats)   # local or gs://...
 
 
 def main(argv):

@@ -32,6 +32,7 @@ from gendistill import data as data_lib
 from gendistill import evaluation
 from gendistill import logs
 from gendistill import objectives
+from gendistill import paths
 from gendistill import sharding
 from gendistill import teachers
 from gendistill import validation
@@ -61,15 +62,32 @@ class Preempted(Exception):
     self.step = step
 
 
+def _holder() -> str:
+  import socket  # pylint: disable=g-import-not-at-top
+  return f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
 class WorkdirLock:
-  """An exclusive lock on a workdir (fcntl.flock on WORKDIR/.lock): two writers would mix their checkpoints and
-  metrics. The kernel drops the lock when its process ends, kill -9 included, so no stale lock outlives it.
-  The file names the holder (pid, host, start time) for the error message of a second process."""
+  """An exclusive lock on a local workdir (fcntl.flock on WORKDIR/.lock): two writers would mix their checkpoints
+  and metrics. The kernel drops the lock when its process ends, kill -9 included, so no stale lock outlives it.
+  The file names the holder (pid, host, start time) for the error message of a second process.
+
+  A remote workdir (gs://...) has no such lock: object stores offer no lock that a killed process releases, and
+  a preempted pod's lock would block its own relaunch. There WORKDIR/.lock only names the holder: a run that finds
+  one logs a warning naming it (the earlier run may still be running, or may have been killed) and takes it over;
+  the run deletes it when it ends. Do not start two runs in one remote workdir."""
 
   def __init__(self, workdir: str):
+    self.path = paths.join(workdir, ".lock")
+    self._file = None
+    if paths.is_remote(workdir):
+      if paths.exists(self.path):
+        logging.warning("%s names another run (%s): if that run is still running, stop this one (two writers "
+                        "mix their checkpoints); a killed or preempted run leaves this file behind.", self.path,
+                        paths.read_text(self.path).strip() or "unknown")
+      paths.write_text(self.path, _holder() + "\n")
+      return
     import fcntl  # pylint: disable=g-import-not-at-top
-    import socket  # pylint: disable=g-import-not-at-top
-    self.path = os.path.join(workdir, ".lock")
     self._file = open(self.path, "a+")  # pylint: disable=consider-using-with
     try:
       fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -82,11 +100,13 @@ class WorkdirLock:
                         "process ends.)") from None
     self._file.seek(0)
     self._file.truncate()
-    self._file.write(f"pid {os.getpid()} on host {socket.gethostname()}, since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    self._file.write(_holder() + "\n")
     self._file.flush()
 
   def release(self):
+    if self._file is None:   # remote: the file only named the holder
+      paths.remove(self.path)
+      return
     import fcntl  # pylint: disable=g-import-not-at-top
     if not self._file.closed:
       fcntl.flock(self._file, fcntl.LOCK_UN)
@@ -94,17 +114,22 @@ class WorkdirLock:
 
 
 class MetricWriter:
-  """Metrics as JSON lines (always) and TensorBoard (when tensorboardX is installed); process 0 only."""
+  """Metrics as JSON lines (always) and TensorBoard (when tensorboardX is installed); process 0 only.
+
+  Locally each row is appended to metrics.jsonl. Objects in a remote store cannot be appended to, so there the
+  writer keeps the file's rows and rewrites the whole object at every write (one small object per log step)."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
     self._tb = None
     if not enabled:
       return
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = paths.join(workdir, "metrics.jsonl")
+    self._remote = paths.is_remote(workdir)
+    self._lines = [json.dumps(r) + "\n" for r in read_metrics(workdir)] if self._remote else None
     try:
       import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = tensorboardX.SummaryWriter(paths.join(workdir, "tensorboard"))
     except ImportError:
       pass
 
@@ -112,8 +137,12 @@ class MetricWriter:
     if not self.enabled:
       return
     row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    if self._remote:
+      self._lines.append(json.dumps(row) + "\n")
+      paths.write_lines(self.path, self._lines)
+    else:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(row) + "\n")
     if self._tb is not None:
       for k, v in metrics.items():
         self._tb.add_scalar(k, float(v), step)
@@ -124,18 +153,19 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = paths.join(workdir, "metrics.jsonl")
+  if not paths.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str):
-  """A workdir's earlier run must have been made by the same config, except the RESUMABLE_SECTIONS."""
+  """A workdir's earlier run must have been made by the same config, except the RESUMABLE_SECTIONS. (Paths are
+  compared absolute: a config.json written before paths were stored absolute holds them as given.)"""
   saved = ckpt_lib.read_run_info(workdir)
   if saved is not None:
-    validation.check_resume(config, objectives.migrate_config(saved["config"]), workdir)
+    saved_config = paths.resolve_config(ml_collections.ConfigDict(objectives.migrate_config(saved["config"])))
+    validation.check_resume(config, saved_config.to_dict(), workdir)
 
 
 def _rewrite_metrics(workdir: str, keep: Callable[[Dict[str, Any]], bool]):
@@ -144,10 +174,8 @@ def _rewrite_metrics(workdir: str, keep: Callable[[Dict[str, Any]], bool]):
   kept = [r for r in rows if keep(r)]
   if len(kept) == len(rows):
     return
-  path = os.path.join(workdir, "metrics.jsonl")
-  with open(path + ".tmp", "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in kept)
-  os.replace(path + ".tmp", path)
+  path = paths.join(workdir, "metrics.jsonl")
+  paths.write_lines(path, [json.dumps(r) + "\n" for r in kept])
   logging.info("Dropped %d rows of %s that the resumed run redoes", len(rows) - len(kept), path)
 
 
@@ -157,12 +185,11 @@ def _is_eval_row(row) -> bool:
 
 def final_results(workdir: str) -> Optional[Dict[str, Any]]:
   """final.json: written once a run's final grid and evaluation are done (a relaunch without it redoes them)."""
-  path = os.path.join(workdir, "final.json")
-  if not os.path.exists(path):
+  path = paths.join(workdir, "final.json")
+  if not paths.exists(path):
     return None
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(path))
   except json.JSONDecodeError:
     return None      # an interrupted write: the final stage is simply redone
 
@@ -201,6 +228,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, compiled
   of a trained run whose final.json is missing produces them. SIGTERM saves a checkpoint and raises Preempted.
   """
   validation.check_config(config, jax.process_count())
+  # Paths the config names are stored absolute (remote ones as given), so that config.json rebuilds the run
+  # from any directory or machine.
+  config = paths.resolve_config(config)
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
     return _train_and_evaluate(config, workdir, mesh, compiled_step)
@@ -210,8 +240,8 @@ def _check_workdir(workdir: str):
   """A workdir that holds a run's files but whose checkpoints/ is gone is an error, not a silent restart: the
   new run would append a second curve to the old metrics. (An empty checkpoints/ is a run stopped before its
   first save; that one restarts from step 0.)"""
-  leftovers = [f for f in ("config.json", "metrics.jsonl", "final.json") if os.path.exists(os.path.join(workdir, f))]
-  if leftovers and not os.path.isdir(ckpt_lib.checkpoint_dir(workdir)):
+  leftovers = [f for f in ("config.json", "metrics.jsonl", "final.json") if paths.exists(paths.join(workdir, f))]
+  if leftovers and not paths.isdir(ckpt_lib.checkpoint_dir(workdir)):
     raise validation.ConfigError(
         f"{workdir} holds a run ({', '.join(leftovers)}) but its checkpoints/ folder is missing, so it cannot be "
         "resumed. To train from scratch there, remove those files first (or use a new workdir).")
@@ -270,9 +300,10 @@ def _param_norms(params, ema):
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, compiled_step=None):
-  if not workdir or (os.path.exists(workdir) and not os.path.isdir(workdir)):
+  if not workdir or (paths.exists(workdir) and not paths.isdir(workdir)):
     raise validation.ConfigError(f"--workdir={workdir!r} must be a directory (or a path to create one at).")
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.resolve(workdir)   # local: absolute; gs://... as given
+  paths.makedirs(workdir)
   logs.quiet_libraries()
   is_main = jax.process_index() == 0
   lock = WorkdirLock(workdir) if is_main else None
@@ -309,7 +340,7 @@ def _locked_train_and_evaluate(config, workdir, mesh, compiled_step, is_main):
     rng = jax.random.key(config.seed)
     if ckpt.latest_step() is not None:
       state, data_state, restored_step = ckpt.restore(sharded.abstract_state,
-                                                      set_aside=os.path.join(workdir, "unreadable_checkpoints"))
+                                                      set_aside=paths.join(workdir, "unreadable_checkpoints"))
       iterator.set_state(data_state)
       logging.info("Resumed from step %d in %s", restored_step, workdir)
     else:
@@ -323,7 +354,7 @@ def _locked_train_and_evaluate(config, workdir, mesh, compiled_step, is_main):
       _rewrite_metrics(workdir, lambda r: r["step"] < start or (r["step"] == start and not (
           start >= tc.num_steps and not final_done and _is_eval_row(r))))
       if not final_done and final is not None:
-        os.remove(os.path.join(workdir, "final.json"))
+        paths.remove(paths.join(workdir, "final.json"))
 
     writer = MetricWriter(workdir, enabled=is_main)
     sample_rng = jax.random.fold_in(rng, 1 << 20)
@@ -337,7 +368,7 @@ def _locked_train_and_evaluate(config, workdir, mesh, compiled_step, is_main):
       # Sampling runs on every process (it is one sharded computation); only process 0 writes.
       results = {}
       if final or (tc.sample_every and step % tc.sample_every == 0):
-        save_grid(objective, state, sample_rng, spec, os.path.join(workdir, "samples", f"step_{step:08d}.png"),
+        save_grid(objective, state, sample_rng, spec, paths.join(workdir, "samples", f"step_{step:08d}.png"),
                   tc.num_grid_samples, sharded=sharded, write=is_main, reference=toy_reference)
       if evaluator is not None and (final or (tc.eval_every and step % tc.eval_every == 0)):
         t0 = time.time()
@@ -359,11 +390,8 @@ def _locked_train_and_evaluate(config, workdir, mesh, compiled_step, is_main):
     results = periodic(state, step, final=True)
     if is_main:
       skipped = {r: int(v) for r, v in jax.device_get(state.skipped).items()}
-      tmp = os.path.join(workdir, "final.json.tmp")
-      with open(tmp, "w") as f:
-        json.dump({"step": step, "skipped_updates": skipped, **{k: float(v) for k, v in results.items()}}, f,
-                  indent=2)
-      os.replace(tmp, os.path.join(workdir, "final.json"))
+      paths.write_text(paths.join(workdir, "final.json"), json.dumps(
+          {"step": step, "skipped_updates": skipped, **{k: float(v) for k, v in results.items()}}, indent=2))
     return state
   finally:
     ckpt.close()
@@ -464,7 +492,6 @@ def save_grid(objective, state, rng, spec, path: str, num: int, sharded=None, wr
   samples, labels = generate(objective, state, rng, num, num, spec.num_classes, sharded=sharded)
   if not write:
     return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   if spec.key == "x":
     evaluation.save_scatter(samples, path, reference=reference)
   else:

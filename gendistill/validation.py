@@ -12,10 +12,11 @@ NaN, and the `train`, `eval`, `data`, `sampler` sections have fixed rules.
 import contextlib
 import json
 import math
-import os
 from typing import Any, Dict, List, Optional
 
 import ml_collections
+
+from gendistill import paths
 
 # Config sections that may change when a run is resumed; any other difference is an error. (A checkpoint
 # restores under any mesh, so a run may move to another number or arrangement of devices.)
@@ -119,8 +120,8 @@ def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> N
   for key in ("steps", "ref_images"):
     p.int_at_least(config, "eval", key, 0)
   if ec.get("inception_weights"):
-    if not os.path.isfile(ec.inception_weights):
-      p.add("eval.inception_weights", ec.inception_weights, "an existing local Inception weights file")
+    if not paths.isfile(ec.inception_weights):
+      p.add("eval.inception_weights", ec.inception_weights, "an existing Inception weights file")
     if not ec.get("ref_stats") and not ec.get("ref_images"):
       p.add("eval.ref_stats", ec.get("ref_stats"), "an .npz of reference mu/sigma (or set eval.ref_images > 0) "
             "when eval.inception_weights is set")
@@ -156,7 +157,7 @@ def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> N
   if tcfg.get("source") == "workdir":
     if not tcfg.get("workdir"):
       p.add("teacher.workdir", tcfg.get("workdir"), "the workdir of a trained run when teacher.source = 'workdir'")
-    elif not os.path.isfile(os.path.join(tcfg.workdir, "config.json")):
+    elif not paths.isfile(paths.join(tcfg.workdir, "config.json")):
       p.add("teacher.workdir", tcfg.workdir, "a workdir of a gendistill run (it has no config.json)")
 
   objective = config.get("objective", {})
@@ -175,10 +176,10 @@ def ref_stats_problem(path: str) -> Optional[str]:
   """What is wrong with a reference-statistics .npz for Inception metrics, or None."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gendistill.evaluation.inception import FEATURE_DIM  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     return "an existing .npz file with mu and sigma"
   try:
-    with np.load(path, allow_pickle=False) as data:
+    with paths.open_file(path, "rb") as f, np.load(f, allow_pickle=False) as data:
       if not {"mu", "sigma"} <= set(data.files):
         return f"an .npz with keys mu and sigma (it has {sorted(data.files)})"
       mu, sigma = data["mu"].shape, data["sigma"].shape
@@ -205,8 +206,7 @@ def building(what: str):
 def read_json(path: str, what: str = "run config"):
   """A JSON file, or a ConfigError naming the file (truncated, not JSON)."""
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(path))
   except json.JSONDecodeError as e:
     raise ConfigError(f"{path} (the {what}) is not valid JSON, perhaps truncated by an interrupted write: {e}. "
                       "Restore it from a backup or start a new workdir.") from None
@@ -217,7 +217,7 @@ def check_teacher(config: ml_collections.ConfigDict, spec) -> None:
   tcfg = config.get("teacher", {})
   if tcfg.get("source") != "workdir" or not tcfg.get("workdir"):
     return
-  path = os.path.join(tcfg.workdir, "config.json")
+  path = paths.join(tcfg.workdir, "config.json")
   info = read_json(path, "teacher's run config")
   t_spec, t_data = info.get("spec", {}), info.get("config", {}).get("data", {})
   p = _Problems()
@@ -268,8 +268,8 @@ def check_eval_args(num_samples, batch_size, steps=None, ref_stats_path=None, in
     p.add("steps", steps, "an integer >= 0 (0 or unset: the objective's default)")
   if not _is_int(ref_images_from_data) or ref_images_from_data < 0:
     p.add("ref_images_from_data", ref_images_from_data, "an integer >= 0")
-  if inception_weights and not os.path.isfile(inception_weights):
-    p.add("inception_weights", inception_weights, "an existing local Inception weights file")
+  if inception_weights and not paths.isfile(inception_weights):
+    p.add("inception_weights", inception_weights, "an existing Inception weights file")
   if inception_weights and not ref_stats_path and not ref_images_from_data:
     p.add("ref_stats", ref_stats_path, "a reference (--ref_stats or --ref_images_from_data) with --inception_weights")
   if ref_stats_path:

@@ -37,3 +37,12 @@ def test_log_file_of_a_run(tmp_path):
   assert not [l for l in lines if "orbax" in l or "checkpoint_manager.py" in l or "atomicity.py" in l]
   # 4 checkpoints, a final evaluation and grid: the whole log stays short.
   assert len(lines) < 25, text
+
+
+def test_slow_compile_alarm_switch_exists():
+  """`compiling` mutes XLA's slow-compile alarm through jaxlib's absl log level (scripts/check_slow_compile_alarm.py
+  shows the effect; it takes minutes): a jaxlib without that switch must fail here, not print the alarm again."""
+  assert logs._set_cpp_min_log_level(logs._default_cpp_level())  # pylint: disable=protected-access
+  with logs.compiling("nothing"):
+    assert logs._mute_depth == 1  # pylint: disable=protected-access
+  assert logs._mute_depth == 0  # pylint: disable=protected-access

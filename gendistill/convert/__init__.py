@@ -243,18 +243,17 @@ def _arch_from_metadata(ckpt: Checkpoint):
 
 def read_teacher(directory: str):
   """(network ConfigDict, DataSpec, variables as numpy) of a converted teacher directory."""
-  path = os.path.join(directory, "config.json")
-  if not os.path.isfile(path):
+  from gendistill import paths  # pylint: disable=g-import-not-at-top
+  path = paths.join(directory, "config.json")
+  if not paths.isfile(path):
     raise FileNotFoundError(f"No converted teacher in {directory!r} (missing config.json; make one with "
                             "`python -m gendistill.convert SRC OUT`).")
-  with open(path) as f:
-    info = json.load(f)
+  info = json.loads(paths.read_text(path))
   if info.get("format") != FORMAT:
     raise ValueError(f"{path} is not a converted teacher (format {info.get('format')!r}, expected {FORMAT!r}).")
   network_cfg = _network_config(info["network"])
   spec = _spec(dict(shape=info["spec"]["shape"], num_classes=info["spec"]["num_classes"]))
-  with np.load(os.path.join(directory, "params.npz"), allow_pickle=False) as z:
-    variables = _unflatten({k: z[k] for k in z.files})
+  variables = _unflatten(paths.load_npz(paths.join(directory, "params.npz")))
   return network_cfg, spec, variables
 
 
@@ -276,12 +275,15 @@ def load_teacher(directory: str):
                  num_classes=spec.num_classes)
 
 
-def export_generator(variables, network: Dict[str, Any], spec, path: str) -> Dict[str, np.ndarray]:
+def export_generator(variables, network: Dict[str, Any], spec, path: str, run: Optional[Dict[str, Any]] = None
+                     ) -> Dict[str, np.ndarray]:
   """Writes Flax `variables` of a network built from `network` (a network config section) for `spec` as a
   PyTorch state dict in EDM's names and layouts: `path` .pt (torch.load(weights_only=True)) or .safetensors
   (with the architecture as metadata, so `convert` reads it back without --preset). The keys are those of
   EDM's preconditioning wrapper (`model.` prefix), or of EDM2's Precond for kind 'edm2', so they load into the
-  matching NVlabs/edm or NVlabs/edm2 network."""
+  matching NVlabs/edm or NVlabs/edm2 network. `run` ({'config', 'spec', 'step'} of the run that trained it) is
+  stored beside the architecture, so that `python -m gendistill.generate --network=path` samples as that run's
+  objective did."""
   network = dict(network.to_dict() if hasattr(network, "to_dict") else network)
   arch = dict(network=network, shape=list(spec.shape), num_classes=spec.num_classes)
   if network["kind"] == "edm2":  # EDM2 Precond.state_dict() names (no 'model.' prefix)
@@ -290,8 +292,24 @@ def export_generator(variables, network: Dict[str, Any], spec, path: str) -> Dic
   else:
     state = mapping.flax_to_torch(jax_to_numpy(variables),
                                   resample_filter=tuple(network.get("resample_filter", (1, 1))))
-  export_lib.save_state_dict(state, path, metadata={"gendistill_architecture": json.dumps(arch, default=list)})
+  metadata = {"gendistill_architecture": json.dumps(arch, default=list)}
+  if run is not None:
+    metadata["gendistill_run"] = json.dumps(run, default=list)
+  export_lib.save_state_dict(state, path, metadata=metadata)
   return state
+
+
+def read_exported(path: str):
+  """(Flax variables, architecture dict, metadata) of a file written by export_generator (.pt or .safetensors);
+  the inverse of export_generator."""
+  metadata = export_lib.read_metadata(path)
+  if "gendistill_architecture" not in metadata:
+    raise ConversionError(f"{path} was not written by `python -m gendistill.convert --export` (it records no "
+                          "architecture).")
+  arch = json.loads(metadata["gendistill_architecture"])
+  network_cfg, spec = _network_config(arch["network"]), _spec(arch)
+  _, abstract = _abstract_variables(network_cfg, spec)
+  return _map_weights(load_weights(path).state_dict, arch, abstract, path), arch, metadata
 
 
 def export_run(workdir: str, path: str, step: Optional[int] = None) -> Dict[str, np.ndarray]:
@@ -308,8 +326,13 @@ def export_run(workdir: str, path: str, step: Optional[int] = None) -> Dict[str,
   if network["kind"] not in ("unet", "adm", "edm2"):
     raise ConversionError(f"Only EDM/EDM2 networks (kind 'unet', 'adm' or 'edm2') export to PyTorch; the run's is "
                           f"{network['kind']!r}.")
+  if step in (None, -1):
+    ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), async_save=False)
+    step = ckpt.latest_step()
+    ckpt.close()
   teacher = teachers.from_workdir(workdir, step)
-  return export_generator(teacher.params, network, DataSpec(**info["spec"]), path)
+  run = dict(config=info["config"], spec=info["spec"], step=int(step) if step is not None else 0)
+  return export_generator(teacher.params, network, DataSpec(**info["spec"]), path, run=run)
 
 
 def jax_to_numpy(tree):

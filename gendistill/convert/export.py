@@ -4,10 +4,13 @@ The .pt file is the zip layout torch.save writes (`<name>/data.pkl`, `<name>/dat
 `<name>/byteorder`) whose pickle uses only what `torch.load(weights_only=True)` allows: an OrderedDict of
 `torch._utils._rebuild_tensor_v2(storage, 0, shape, stride, False, OrderedDict())` with storages as persistent
 ids ('storage', torch.FloatStorage, key, 'cpu', numel). The pickle is written opcode by opcode (protocol 2), so
-no torch import is needed.
+no torch import is needed. Metadata (the architecture and the run that made the network) goes into the
+.safetensors header, and into the .pt archive as one more record, `<name>/gendistill_metadata.json`, which
+torch.load ignores (checked with torch 2.13, weights_only=True); `read_metadata` reads either back.
 """
 import collections
 import io
+import json
 import os
 import pickle
 import struct
@@ -87,7 +90,11 @@ class _Writer:
     self.op(pickle.TUPLE + pickle.REDUCE)
 
 
-def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str, archive_name: str = "archive"):
+METADATA_RECORD = "gendistill_metadata.json"
+
+
+def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str, archive_name: str = "archive",
+                          metadata: Optional[Dict[str, str]] = None):
   """`state_dict` (name -> numpy array) as a file that torch.load(path, weights_only=True) reads."""
   arrays = {k: np.asarray(v, order="C") for k, v in state_dict.items()}
   for k, v in arrays.items():
@@ -107,6 +114,8 @@ def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str, archi
     for i, v in enumerate(arrays.values()):
       z.writestr(f"{archive_name}/data/{i}", v.astype(v.dtype.newbyteorder("<"), copy=False).tobytes())
     z.writestr(f"{archive_name}/version", "3\n")
+    if metadata:
+      z.writestr(f"{archive_name}/{METADATA_RECORD}", json.dumps(metadata))
   os.replace(tmp, path)
 
 
@@ -121,8 +130,23 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str, metadata: O
   """By extension: .pt/.pth (torch.save zip format) or .safetensors."""
   ext = os.path.splitext(path)[1].lower()
   if ext in (".pt", ".pth"):
-    save_torch_state_dict(collections.OrderedDict(state_dict), path)
+    save_torch_state_dict(collections.OrderedDict(state_dict), path, metadata=metadata)
   elif ext == ".safetensors":
     save_safetensors(state_dict, path, metadata)
   else:
     raise ValueError(f"Export path {path!r}: expected a .pt, .pth or .safetensors file name.")
+
+
+def read_metadata(path: str) -> Dict[str, str]:
+  """The metadata save_state_dict wrote into `path` ({} for files from elsewhere)."""
+  ext = os.path.splitext(path)[1].lower()
+  if ext == ".safetensors":
+    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+    with safe_open(path, framework="numpy") as f:
+      return dict(f.metadata() or {})
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as z:
+      names = [n for n in z.namelist() if n.endswith("/" + METADATA_RECORD)]
+      if names:
+        return {str(k): str(v) for k, v in json.loads(z.read(names[0])).items()}
+  return {}

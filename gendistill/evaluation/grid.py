@@ -6,10 +6,12 @@ integer nearest-neighbour factor so that the PNG is viewable; `scale=1` keeps th
 separated by a white border (by default 1/32 of a tile, at least one pixel), so that neighbouring samples do
 not run into each other.
 """
+import io
 import math
-import os
 
 import numpy as np
+
+from gendistill import paths
 
 # Points of a toy scatter plot (samples, and data drawn under them): enough to show each mode's shape.
 SCATTER_POINTS = 2000
@@ -66,9 +68,10 @@ def save_image_grid(images, path, ncols=None, scale=None, padding=None, pad_valu
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   grid = make_image_grid(images, ncols=ncols, scale=scale, padding=padding, pad_value=pad_value)
-  _makedirs_for(path)
   image = Image.fromarray(np.ascontiguousarray(grid[..., 0] if grid.shape[-1] == 1 else grid))  # L or RGB
-  image.save(path, format="PNG")
+  buf = io.BytesIO()
+  image.save(buf, format="PNG")
+  paths.write_bytes(path, buf.getvalue())   # local or gs://...
   return grid
 
 
@@ -108,11 +111,6 @@ def save_scatter(points, path, reference=None, title=None, lim=None, marker_size
   if title:
     ax.set_title(title)
   fig.tight_layout()
-  _makedirs_for(path)
-  fig.savefig(path, dpi=dpi)
-
-
-def _makedirs_for(path):
-  parent = os.path.dirname(os.fspath(path))
-  if parent:
-    os.makedirs(parent, exist_ok=True)
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=dpi, format="png")
+  paths.write_bytes(path, buf.getvalue())

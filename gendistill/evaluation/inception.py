@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gendistill import paths
+
 NUM_CLASSES = 1008
 FEATURE_DIM = 2048
 RESOLUTION = 299
@@ -372,8 +374,7 @@ def save_params_npz(params_or_state_dict, path: str) -> None:
   sd = params_or_state_dict
   if any(isinstance(v, dict) for v in sd.values()):  # a nested params tree
     sd = state_dict_from_params(sd)
-  with open(path, "wb") as f:
-    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in sd.items()})
+  paths.save_npz(path, **{k: np.asarray(v, np.float32) for k, v in sd.items()})
 
 
 def default_weights_path() -> str | None:
@@ -387,18 +388,21 @@ def load_params(path: str | None = None) -> dict:
     raise FileNotFoundError(
         "No Inception weights given. Pass a local path to pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
         f"(or a converted .npz), or set ${WEIGHTS_ENV}. gendistill never downloads weights.")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"Inception weights not found: {path}")
   return params_from_state_dict(read_state_dict(path))
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """Flat name -> numpy array from a torch.save'd state dict (zip or legacy) or an .npz, without torch."""
-  if zipfile.is_zipfile(path):
-    with zipfile.ZipFile(path) as zf:
+  source = io.BytesIO(paths.read_bytes(path)) if paths.is_remote(path) else path   # gs://...: read once
+  if zipfile.is_zipfile(source):
+    with zipfile.ZipFile(source) as zf:
       names = zf.namelist()
       if names and all(n.endswith(".npy") for n in names):
-        with np.load(path) as npz:
+        if not isinstance(source, str):
+          source.seek(0)
+        with np.load(source) as npz:
           return {k: npz[k] for k in npz.files}
       if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         raise NotImplementedError(
@@ -407,7 +411,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
             "pt_inception-2015-12-05-6726825d.pth (the same TF 2015-12-05 weights) instead.")
       obj = _load_torch_zip(zf)
   else:
-    with open(path, "rb") as f:
+    with paths.open_file(path, "rb") as f:
       obj = _load_torch_legacy(f, path)
   if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
     obj = obj["state_dict"]

@@ -23,6 +23,8 @@ import warnings
 
 import numpy as np
 
+from gendistill import paths
+
 from gendistill.evaluation.frechet import feature_statistics, frechet_distance
 
 
@@ -101,13 +103,12 @@ def fid_from_features(features1, features2) -> float:
 def save_stats(path: str, mu, sigma, num_samples: int | None = None) -> None:
   """Write reference statistics as EDM does (np.savez with float64 `mu`, `sigma`), plus `num_samples`."""
   extra = {} if num_samples is None else {"num_samples": np.int64(num_samples)}
-  with open(path, "wb") as f:
-    np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
+  paths.save_npz(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
 
 
 def load_stats(path: str) -> dict[str, np.ndarray]:
   """Read an .npz with `mu` and `sigma` (EDM's reference files, pytorch-fid's, ours) -> dict (float64)."""
-  with np.load(path) as data:
+  with paths.open_file(path, "rb") as f, np.load(f) as data:
     missing = {"mu", "sigma"} - set(data.files)
     if missing:
       raise KeyError(f"{path}: reference statistics need keys mu and sigma; missing {sorted(missing)}")

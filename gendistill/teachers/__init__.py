@@ -5,7 +5,6 @@ program and never donated). Sources: `analytic` (exact Gaussian-mixture denoiser
 this library, e.g. an `edm` teacher), or any user apply function via `Teacher(params, apply_fn, num_classes)`.
 """
 import json
-import os
 from typing import Any, Callable, Optional
 
 import jax
@@ -17,6 +16,7 @@ from gendistill import checkpoint
 from gendistill import convert
 from gendistill import nets
 from gendistill import objectives
+from gendistill import paths
 from gendistill.data.spec import DataSpec, abstract_batch
 from gendistill.diffusion.guidance import bind_denoiser
 from gendistill.teachers import analytic
@@ -48,11 +48,10 @@ def teacher_config() -> ml_collections.ConfigDict:
 
 def from_workdir(workdir: str, step: Optional[int] = None) -> Teacher:
   """The exported network (EMA where the objective keeps one) of a finished run of this library."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
+  config_path = paths.join(workdir, "config.json")
+  if not paths.exists(config_path):
     raise FileNotFoundError(f"No run of gendistill in {workdir!r} (missing config.json).")
-  with open(config_path) as f:
-    saved = json.load(f)
+  saved = json.loads(paths.read_text(config_path))
   config = ml_collections.ConfigDict(objectives.migrate_config(saved["config"]))
   spec = DataSpec(**saved["spec"])
   objective = objectives.build(config, spec)
