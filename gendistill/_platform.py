@@ -9,6 +9,12 @@ import os
 
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",)
 
+# Compiler options of the programs jitted on a mesh of CPU devices (sharding.ShardedObjective: init, train step,
+# sampling). LLVM at -O1 instead of -O2 compiles the digits SiD train step in about two thirds of the time with
+# the same step time (measured on a 2-core CPU: benchmarks/compile_time.md); -O0 halves compiling but runs ~9x
+# slower. Passed per program, so GPU/TPU programs (and their ahead-of-time compiles) never see it.
+CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
 
 def apply_cpu_flags() -> None:
   flags = os.environ.get("XLA_FLAGS", "")
@@ -17,3 +23,11 @@ def apply_cpu_flags() -> None:
     if name not in flags:
       flags = (flags + " " + flag).strip()
   os.environ["XLA_FLAGS"] = flags
+
+
+def compiler_options(mesh):
+  """CPU_COMPILER_OPTIONS for a mesh of CPU devices, else None (jax.jit's default)."""
+  devices = getattr(mesh, "devices", None)   # an AbstractMesh has none: no options
+  if devices is not None and all(d.platform == "cpu" for d in devices.flat):
+    return dict(CPU_COMPILER_OPTIONS)
+  return None
