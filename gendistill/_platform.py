@@ -10,10 +10,10 @@ import os
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",)
 
 # Compiler options of the programs jitted on a mesh of CPU devices (sharding.ShardedObjective: init, train step,
-# sampling). LLVM at -O1 instead of -O2 compiles the digits SiD train step in about two thirds of the time with
-# the same step time (measured on a 2-core CPU: benchmarks/compile_time.md); -O0 halves compiling but runs ~9x
-# slower. Passed per program, so GPU/TPU programs (and their ahead-of-time compiles) never see it.
-CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+# sampling), passed per program so that GPU/TPU programs never see them. Empty: XLA's defaults. Measured for the
+# digits SiD step (benchmarks/compile_time.md, --opt_level): LLVM -O0 compiles in about half the time but steps
+# ~9x slower; -O1 against -O2 was inconclusive on the loaded 2-core machine (105 vs 159 s, then 110 vs 104 s).
+CPU_COMPILER_OPTIONS = {}
 
 
 def apply_cpu_flags() -> None:
@@ -28,6 +28,6 @@ def apply_cpu_flags() -> None:
 def compiler_options(mesh):
   """CPU_COMPILER_OPTIONS for a mesh of CPU devices, else None (jax.jit's default)."""
   devices = getattr(mesh, "devices", None)   # an AbstractMesh has none: no options
-  if devices is not None and all(d.platform == "cpu" for d in devices.flat):
+  if CPU_COMPILER_OPTIONS and devices is not None and all(d.platform == "cpu" for d in devices.flat):
     return dict(CPU_COMPILER_OPTIONS)
   return None

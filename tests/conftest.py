@@ -2,12 +2,7 @@
 import os
 import sys
 
-# The tests' time is mostly XLA:CPU compiling small programs that then run a few steps. LLVM at -O1 compiles them
-# in about two thirds of the time with the same speed (the library does so for its own CPU programs, see
-# gendistill/_platform.py); here it also covers the rest (Inception, metrics, tests' own jits). -O0 would halve
-# compiling but run ~9x slower. The HLO, what the tests check, is the same at every level.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1").strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Compiling a UNet train step on CPU takes tens of seconds; tests (and the launcher subprocesses they start) that
 # build the same program reuse it through JAX's persistent compilation cache. It never changes results.
