@@ -37,11 +37,17 @@ def hlo_counts(text: str) -> dict:
   }
 
 
-def measure_one(name: str) -> dict:
-  """Lower and compile configs/<name>.py:digits's step in this process."""
+def measure_one(name: str, opt_level: int = -1, time_steps: int = 0) -> dict:
+  """Lower and compile configs/<name>.py:digits's step in this process (then time `time_steps` steps).
+  `opt_level` >= 0 replaces the library's CPU LLVM level (gendistill/_platform.py) for this measurement."""
   sys.path.insert(0, ROOT)
   import gendistill  # noqa: F401  (CPU flags before jax starts)
+  from gendistill import _platform
+  if opt_level >= 0:
+    _platform.CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": opt_level}
   import jax
+  import jax.numpy as jnp
+  import numpy as np
   from configs import edm as edm_config
   from gendistill import data as data_lib
   from gendistill import objectives, sharding, teachers
@@ -61,9 +67,28 @@ def measure_one(name: str) -> dict:
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
+    step_ms = None
+    if time_steps:   # a real state (teacher weights constant 0.01) and data batches; the first step is a warm-up
+      real = None if teacher is None else sharded.put_teacher(teacher.replace(
+          params=jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), teacher.params)))
+      state = sharded.init(jax.random.key(0), real)
+      sharded.use_compiled_step(compiled)
+      iterator = data_lib.build(config.data).iterator()
+      times = []
+      for _ in range(time_steps + 1):
+        batch = sharded.put_batch(next(iterator))
+        t = time.perf_counter()
+        state, metrics = sharded.train_step(state, batch, real)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t)
+      step_ms = round(1000 * float(np.median(times[1:])))
   text = compiled.as_text()
   row = {"objective": name, "lower_s": round(t1 - t0, 1), "compile_s": round(t2 - t1, 1),
          "load1": round(os.getloadavg()[0], 1), **hlo_counts(text)}
+  if opt_level >= 0:
+    row["opt_level"] = opt_level
+  if step_ms is not None:
+    row["step_ms"] = step_ms
   dump = os.path.join(tempfile.gettempdir(), "gendistill_compile_time")   # kept for inspection
   os.makedirs(dump, exist_ok=True)
   with open(os.path.join(dump, f"{name}.hlo.txt"), "w") as f:
@@ -71,9 +96,9 @@ def measure_one(name: str) -> dict:
   return row
 
 
-def write_md(jsonl: str, md: str, command: str):
+def write_md(jsonl: str, md: str, command: str, only=()):
   rows = [json.loads(line) for line in open(jsonl) if line.strip()]
-  labels = list(dict.fromkeys(r["label"] for r in rows))
+  labels = [l for l in dict.fromkeys(r["label"] for r in rows) if not only or l in only]
   latest = {}
   for r in rows:
     latest[(r["objective"], r["label"])] = r
@@ -83,15 +108,17 @@ def write_md(jsonl: str, md: str, command: str):
            "compile seconds are wall-clock under the load average shown, the HLO counts are deterministic). "
            "Labels: " + ", ".join(f"{l} = {next(r['commit'] for r in rows if r['label'] == l)}" for l in labels)
            + ".", ""]
-  head = "| objective | " + " | ".join(f"{what} ({l})" for what in ("compile s", "HLO MB", "fusions", "`and` ops")
-                                       for l in labels) + " | load (" + ", ".join(labels) + ") |"
-  lines += [head, "|" + "---|" * (2 + 4 * len(labels))]
+  metrics = (("compile s", "compile_s", "{:.1f}"), ("step ms", "step_ms", "{:d}"), ("HLO MB", "hlo_chars", "{:.2f}"),
+             ("fusions", "fusions", "{:d}"), ("`and` ops", "ands", "{:d}"))
+  head = "| objective | " + " | ".join(f"{what} ({l})" for what, _, _ in metrics for l in labels) + \
+      " | load (" + ", ".join(labels) + ") |"
+  lines += [head, "|" + "---|" * (2 + len(metrics) * len(labels))]
   for n in names:
     cells = []
-    for key, fmt in (("compile_s", "{:.1f}"), ("hlo_chars", "{:.2f}"), ("fusions", "{:d}"), ("ands", "{:d}")):
+    for _, key, fmt in metrics:
       for l in labels:
         r = latest.get((n, l))
-        if r is None or "error" in r:
+        if r is None or "error" in r or key not in r:
           cells.append("-")
         else:
           v = r[key] / 1e6 if key == "hlo_chars" else r[key]
@@ -109,10 +136,14 @@ def main():
   parser.add_argument("--label", default="current")
   parser.add_argument("--jsonl", default=os.path.join(ROOT, "benchmarks", "compile_time.jsonl"))
   parser.add_argument("--md", default="", help="write the table of every label in --jsonl to this file")
+  parser.add_argument("--opt_level", type=int, default=-1,
+                      help="LLVM level of the CPU programs for this measurement (default: the library's)")
+  parser.add_argument("--time_steps", type=int, default=0, help="also time this many train steps (median ms)")
+  parser.add_argument("--md_labels", default="", help="comma-separated labels of the --md table (default: all)")
   parser.add_argument("--one", default="", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.one:
-    print("ROW " + json.dumps(measure_one(args.one)), flush=True)
+    print("ROW " + json.dumps(measure_one(args.one, args.opt_level, args.time_steps)), flush=True)
     return
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
@@ -120,7 +151,8 @@ def main():
                          text=True).stdout.strip()
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
   for name in [n for n in args.objectives.split(",") if n]:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--one={name}"], env=env,
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--one={name}",
+                           f"--opt_level={args.opt_level}", f"--time_steps={args.time_steps}"], env=env,
                           capture_output=True, text=True)
     found = [l for l in proc.stdout.splitlines() if l.startswith("ROW ")]
     row = (json.loads(found[-1][4:]) if found else
@@ -131,7 +163,9 @@ def main():
       f.write(json.dumps(row) + "\n")
   if args.md:
     command = ".venv/bin/python benchmarks/compile_time.py --label=LABEL"
-    write_md(args.jsonl, args.md, command + f" --md={os.path.relpath(args.md, ROOT)}")
+    only = tuple(l for l in args.md_labels.split(",") if l)
+    write_md(args.jsonl, args.md, command + f" --md={os.path.relpath(args.md, ROOT)}"
+             + (f" --md_labels={args.md_labels}" if only else ""), only)
 
 
 if __name__ == "__main__":

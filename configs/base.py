@@ -100,9 +100,10 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.data.toy2d_size = 1024
   c.network.update(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,),
                    mlp_hidden=32, mlp_depth=2)
+  # The final grid and the evaluation draw one batch of the same size and steps: one compiled sampler, not two.
   c.train.update(num_steps=2, log_every=1, checkpoint_every=1, sample_every=0, eval_every=0,
-                 num_grid_samples=4)
-  c.eval.update(num_samples=16, batch_size=16, steps=2)
+                 num_grid_samples=16)
+  c.eval.update(num_samples=16, batch_size=16, steps=0)
   c.sampler.num_steps = 2
   return c
 

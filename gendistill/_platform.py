@@ -9,6 +9,12 @@ import os
 
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",)
 
+# Compiler options of the programs jitted on a mesh of CPU devices (sharding.ShardedObjective: init, train step,
+# sampling), passed per program so that GPU/TPU programs never see them. Empty: XLA's defaults. Measured for the
+# digits SiD step (benchmarks/compile_time.md, --opt_level): LLVM -O0 compiles in about half the time but steps
+# ~9x slower; -O1 against -O2 was inconclusive on the loaded 2-core machine (105 vs 159 s, then 110 vs 104 s).
+CPU_COMPILER_OPTIONS = {}
+
 
 def apply_cpu_flags() -> None:
   flags = os.environ.get("XLA_FLAGS", "")
@@ -17,3 +23,11 @@ def apply_cpu_flags() -> None:
     if name not in flags:
       flags = (flags + " " + flag).strip()
   os.environ["XLA_FLAGS"] = flags
+
+
+def compiler_options(mesh):
+  """CPU_COMPILER_OPTIONS for a mesh of CPU devices, else None (jax.jit's default)."""
+  devices = getattr(mesh, "devices", None)   # an AbstractMesh has none: no options
+  if CPU_COMPILER_OPTIONS and devices is not None and all(d.platform == "cpu" for d in devices.flat):
+    return dict(CPU_COMPILER_OPTIONS)
+  return None

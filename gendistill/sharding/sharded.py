@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gendistill import _platform
 from gendistill.data.spec import abstract_batch
 from gendistill.sharding.memory import bytes_per_device, total_bytes
 from gendistill.sharding.mesh import batch_sharding, num_batch_shards, replicated, tree_shardings, with_shardings
@@ -41,11 +42,13 @@ class ShardedObjective:
       example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_batch(spec))
       return objective.init(jax.random.wrap_key_data(key_data), example, teacher)
 
+    self._compiler_options = _platform.compiler_options(mesh)
     self._init = jax.jit(init, in_shardings=(replicated(mesh), self.teacher_shardings),
-                         out_shardings=self.state_shardings)
+                         out_shardings=self.state_shardings, compiler_options=self._compiler_options)
     self._step = jax.jit(objective.train_step,
                          in_shardings=(self.state_shardings, self.batch_sharding, self.teacher_shardings),
-                         out_shardings=(self.state_shardings, self.metrics_sharding), donate_argnums=0)
+                         out_shardings=(self.state_shardings, self.metrics_sharding), donate_argnums=0,
+                         compiler_options=self._compiler_options)
     self._samplers = {}
 
   # Placement.
@@ -103,7 +106,7 @@ class ShardedObjective:
 
       def sample(state, key_data, labels):
         return objective.sample(state, jax.random.wrap_key_data(key_data), num, labels, steps)
-      self._samplers[key] = jax.jit(sample, out_shardings=out)
+      self._samplers[key] = jax.jit(sample, out_shardings=out, compiler_options=self._compiler_options)
     return self._samplers[key]
 
   def sample(self, state, rng, num: int, labels=None, steps=None) -> np.ndarray:
