@@ -50,6 +50,8 @@ def aniso6() -> toy2d.GaussianMixture:
 def get_mixture(name):
   if name == "aniso6":
     return aniso6()
+  if name.startswith("family:"):   # the seeded family of experiments/toy_family (tune on its tuning seeds only)
+    return toy2d.family(int(name.split(":", 1)[1]))
   return toy2d.mixture(name)
 
 
