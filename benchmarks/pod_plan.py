@@ -13,6 +13,8 @@ exists; edm:imagenet64 is that network trained with `edm` at EDM's ImageNet-64 b
   mbN        train.microbatches = N
   fsdp       mesh data=1, fsdp=all chips (default: data=all chips, fsdp=1: the state replicated per chip)
   fsdpN      mesh fsdp=N, data=the rest
+  smoke      a tiny network of the same architecture and a batch of 4 per chip (checks that a preset compiles,
+             in seconds, before its paper-scale compile)
 Each compile runs in its own process with --timeout seconds (paper-scale steps compile slowly on a small
 CPU); a row is written to --out (JSON lines, appended) as soon as it finishes or times out, and --md renders
 every row of --out.
@@ -31,9 +33,12 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # several compiles at
 PAPER_COMPUTE = {
     "edm:cifar10": ("8 V100 x ~2 days = ~384 V100-hours for 200 Mimg (EDM README, cond. DDPM++)", 200e6),
     "edm:imagenet64": ("32 A100 x ~13 days = ~9,984 A100-hours for 2,500 Mimg (EDM README, ADM)", 2500e6),
-    "dmd2:imagenet64": ("7 GPUs x 53 h = 371 GPU-hours for 200k steps of batch 280 = 56 Mimg, FID 1.51 "
-                        "(DMD2 experiments/imagenet README)", 56e6),
+    "dmd2:imagenet64": ("7 GPUs x 53 h = 371 GPU-hours for 200k steps of batch 280 = 56 Mimg, FID 1.51, bf16 "
+                        "mixed precision (DMD2 experiments/imagenet README; GPU type not named there)", 56e6),
 }
+
+
+NOTES = "## Reading the table (hand-written)"
 
 
 def parse_run(run: str):
@@ -54,6 +59,7 @@ def build_config(name: str, dataset: str, switches, chips: int):
     c.data.update(ref.data)
     c.network.update(ref.network)
     c.data.batch_size = 4096
+    c.train.num_steps = 2_500_000_000 // 4096     # EDM ImageNet-64: 2500 Mimg
   else:
     c = importlib.import_module(f"configs.{name}").get_config(dataset)
   size = 32 if dataset == "cifar10" else 64
@@ -71,8 +77,11 @@ def build_config(name: str, dataset: str, switches, chips: int):
       c.mesh.update(data=1, fsdp=chips)
     elif s.startswith("fsdp"):
       c.mesh.update(data=-1, fsdp=int(s[4:]))
+    elif s == "smoke":
+      c.network.update(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(size // 2,))
+      c.data.batch_size = 4 * chips
     else:
-      raise ValueError(f"Unknown switch {s!r}; expected bf16, remat, mbN, fsdp or fsdpN.")
+      raise ValueError(f"Unknown switch {s!r}; expected bf16, remat, mbN, fsdp, fsdpN or smoke.")
   return c, spec
 
 
@@ -92,11 +101,11 @@ def state_row(run: str):
   """Without compiling: the TrainState's and teacher's bytes per chip under the run's mesh and the library's rules
   (activations and temporaries not included)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from gendistill import objectives, sharding, topology  # pylint: disable=g-import-not-at-top
+  from gendistill import objectives, sharding, teachers, topology  # pylint: disable=g-import-not-at-top
   name, dataset, topo, switches = parse_run(run)
   devices = topology.devices(topo)
   config, spec = build_config(name, dataset, switches, len(devices))
-  teacher = topology.abstract_teacher(config, spec)
+  teacher = teachers.abstract_for_run(config, spec)
   mesh = sharding.make_mesh(config.mesh, devices)
   objective = objectives.build(config, spec)     # outside the mesh: some builders make constants eagerly
   with jax.set_mesh(mesh):
@@ -153,6 +162,7 @@ def table(rows):
     t = [1e3 * r[k] for k in ("t_compute", "t_hbm", "t_ici")]
     unmeasured = "collectives_note" in r      # ICI time unknown: the roofline covers compute and HBM only
     chip_hours = r["paper_images"] / r["images_per_s"] * r["chips"] / 3600
+    paper = "-" if "+smoke" in r["run"] else f"{r['paper_images'] / 1e6:,.0f}, {chip_hours:,.0f}"
     lines.append(
         f"| {r['run']} | {r['chips']} / {r['hosts']} | {r['mesh']['data']} x {r['mesh']['fsdp']} | "
         f"{r['params'] / 1e6:.1f} | {gib(r['state_bytes'])} | {gib(r['argument_bytes'])} / {gib(r['temp_bytes'])} / "
@@ -160,7 +170,7 @@ def table(rows):
         f"{'yes' if r['fits'] else '**no**'} | {r['flops'] / 1e12:.2f} | {r['flops_per_image'] / 1e9:.1f} | "
         f"{'not measured' if unmeasured else format(r['collective_bytes'] / 1e6, ',.0f')} | {t[0]:.1f} / {t[1]:.1f} / "
         f"{'?' if unmeasured else format(t[2], '.1f')} | {1e3 * r['roofline_s']:.1f} | "
-        f"{r['images_per_s']:,.0f} | {r['paper_images'] / 1e6:,.0f}, {chip_hours:,.0f} | {r['compile_s']:.0f} |")
+        f"{r['images_per_s']:,.0f} | {paper} | {r['compile_s']:.0f} |")
   return "\n".join(lines)
 
 
@@ -210,14 +220,25 @@ def main():
       with open(os.path.join(ROOT, args.out)) as f:
         rows = [json.loads(l) for l in f if l.strip()]
     command = " ".join(["python", os.path.relpath(os.path.abspath(__file__), ROOT), *sys.argv[1:]])
+    full = [r for r in rows if "+smoke" not in r["run"]]
+    smoke = [r for r in rows if "+smoke" in r["run"]]
     text = (f"# Paper-scale train steps compiled for TPU slices\n\nRendered by `{command}`; each row by "
             f"`python benchmarks/pod_plan.py --runs=<run>` (compiled on a {os.cpu_count()}-core CPU with libtpu, no "
-            f"TPU; see the script's docstring for runs and switches).\n\n{table(rows)}\n\n"
+            f"TPU; see the script's docstring for runs and switches).\n\n{table(full)}\n\n"
+            + (f"The same steps with a tiny network of the same architecture (`+smoke`: 16 channels, 2 levels, "
+               f"4 images per chip), compiled for a 2-host slice first so that a long compile is not spent on a "
+               f"bug:\n\n{table(smoke)}\n\n" if smoke else "")
             + (f"TrainState and teacher per chip under each mesh, from the library's rules without compiling "
                f"(activations not included):\n\n{state_table(state_rows)}\n\n" if state_rows else "")
             + f"Chips (published figures):\n\n{chips_table()}\n\nWhat the papers report:\n\n{paper_table()}\n")
+    md = os.path.join(ROOT, args.md)
+    if os.path.exists(md):   # keep the hand-written notes below the generated tables
+      with open(md) as f:
+        old = f.read()
+      if NOTES in old:
+        text += "\n" + old[old.index(NOTES):]
     print(text)
-    with open(os.path.join(ROOT, args.md), "w") as f:
+    with open(md, "w") as f:
       f.write(text)
 
 
