@@ -83,18 +83,6 @@ def devices(topology: str):
     raise
 
 
-def abstract_teacher(config: ml_collections.ConfigDict, spec):
-  """The run's teacher as shapes: a denoiser of the run's `network` section (the network the presets distil
-  from; what teacher.source = 'random' builds), or None for objectives without one (teacher.source = 'none')."""
-  source = config.teacher.source
-  if source == "none":
-    return None
-  if source not in ("workdir", "random"):
-    raise ValueError(f"teacher.source={source!r}: only network teachers (workdir, random) or none can be "
-                     "compiled for a TPU topology.")
-  return jax.eval_shape(lambda: teachers.random_network(config.network, spec))
-
-
 # 'name = SHAPE opcode(': SHAPE an array or a tuple (which may hold '/*index=5*/' comments).
 _INSTRUCTION = re.compile(r"=\s*(\(.*?\)|[a-z0-9]+\[[0-9,]*\]\S*)\s+(" + "|".join(COLLECTIVES) +
                           r")(-start)?\(")
@@ -184,9 +172,9 @@ class StepReport:
 
 def lower_step(config: ml_collections.ConfigDict, spec, topology: str, teacher: Any = "auto"):
   """(sharded objective, lowered train step) of a run of `config` on the slice `topology`, from shapes alone.
-  teacher: shapes of the teacher, None, or 'auto' (abstract_teacher)."""
+  teacher: shapes of the teacher, None, or 'auto' (teachers.abstract_for_run: the run's own teacher as shapes)."""
   if isinstance(teacher, str) and teacher == "auto":
-    teacher = abstract_teacher(config, spec)
+    teacher = teachers.abstract_for_run(config, spec)
   mesh = sharding.make_mesh(config.mesh, devices(topology))
   objective = objectives.build(config, spec)
   with jax.set_mesh(mesh):
@@ -220,5 +208,5 @@ def compile_step(config: ml_collections.ConfigDict, spec, topology: str, teacher
       params=int(sum(math.prod(x.shape) for x in jax.tree.leaves(sharded.abstract_state.params))))
 
 
-__all__ = ["Chip", "CHIPS", "has_libtpu", "chip", "devices", "abstract_teacher", "collective_bytes", "StepReport",
+__all__ = ["Chip", "CHIPS", "has_libtpu", "chip", "devices", "collective_bytes", "StepReport",
            "lower_step", "compile_step"]

@@ -165,15 +165,6 @@ def test_sid_run_starts_from_a_converted_teacher(tmp_path):
     assert json.load(f)["config"]["teacher"]["source"] == "converted"
 
 
-def _abstract_teacher(config, spec):
-  """The converted teacher of `config`'s network section as shapes (what load_teacher returns, without a file)."""
-  net, abstract = convert._abstract_variables(config.network, spec)  # pylint: disable=protected-access
-
-  def apply_fn(params, x, sigma, labels=None, train=False, rngs=None):
-    return net.apply(params, x, sigma, labels, train=train, rngs=rngs)
-  return teachers.Teacher(params=abstract, apply_fn=apply_fn, num_classes=spec.num_classes)
-
-
 # Measured at load average ~8 on 2 cores: sid-cifar10 19 s, cd-cifar10 11 s, ect-imagenet64 12 s; the ADM
 # distillation steps (sid 27 s, dmd2 43 s) are marked slow.
 PAPER_PRESETS = [("sid", "cifar10"), ("cd", "cifar10"), ("ect", "imagenet64"),
@@ -199,7 +190,10 @@ def test_paper_preset_step_lowers_at_full_size(module, dataset):
   assert {k: config.network[k] for k in arch["network"] if k != "dropout"} == {
       k: v for k, v in arch["network"].items() if k != "dropout"}
   spec = DataSpec(key="image", shape=arch["shape"], num_classes=arch["num_classes"])
-  teacher = _abstract_teacher(config, spec)
+  teacher = teachers.abstract_for_run(config, spec)   # the run's teacher as shapes, with its real apply function
+  _, converted = convert._abstract_variables(config.network, spec)  # pylint: disable=protected-access
+  assert jax.tree.structure(teacher.params) == jax.tree.structure(converted)  # what load_teacher returns
+  assert [a.shape for a in jax.tree.leaves(teacher.params)] == [a.shape for a in jax.tree.leaves(converted)]
   assert sum(np.prod(a.shape) for a in jax.tree.leaves(teacher.params)) > 50e6  # the published size
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):

@@ -61,14 +61,15 @@ def from_workdir(workdir: str, step: Optional[int] = None) -> Teacher:
 
 
 def abstract_for_run(config: ml_collections.ConfigDict, spec) -> Optional[Teacher]:
-  """Shapes standing in for the teacher a run of `config` started from (None if it had none): enough to rebuild
-  the structure of the run's TrainState (an init that copies the teacher copies a tree of these shapes) without
-  loading the teacher, which may live on another machine. Its apply function returns zeros of the input's shape."""
+  """Shapes standing in for the teacher a run of `config` starts or started from (None if it has none): a
+  denoiser of the run's `network` section (the architecture every network teacher has: the presets set it to the
+  teacher's) with jax.ShapeDtypeStruct params and the network's real apply function. Enough to rebuild the
+  structure of the run's TrainState (an init that copies the teacher copies a tree of these shapes) without
+  loading the teacher, which may live on another machine, and to compile a train step ahead of time, e.g. for a
+  TPU slice (gendistill.topology)."""
   if config.teacher.source == "none":
     return None
-  shapes = jax.eval_shape(lambda: random_network(config.network, spec).params)
-  return Teacher(params=shapes, apply_fn=lambda params, x, *args, **kwargs: jnp.zeros_like(x),
-                 num_classes=spec.num_classes)
+  return jax.eval_shape(lambda: random_network(config.network, spec))
 
 
 def _exported(objective, state, spec) -> Teacher:
