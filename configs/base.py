@@ -20,7 +20,8 @@ def get_config(objective: str = "edm") -> ml_collections.ConfigDict:
   c.seed = 0
 
   # Keys and library defaults in gendistill/data (toy2d_kind: ring8 | grid25 | ring8_unequal | grid25_unequal |
-  # swiss_roll | moons; batch_size is the global batch; conditional keeps labels). This base preset: digits.
+  # swiss_roll | moons | family:SEED | mixture (data.toy2d_mixture JSON or an .npz at data.path) | points (an
+  # .npy/.npz at data.path); batch_size is the global batch; conditional keeps labels). This base preset: digits.
   c.data = data_lib.data_config()
   c.data.update(name="digits", image_size=16, tfds_name="cifar10", batch_size=128, conditional=True)
 

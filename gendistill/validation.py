@@ -137,8 +137,15 @@ def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> N
   if "name" in dc and dc.name not in data_lib.NAMES:
     p.add("data.name", dc.name, f"one of {data_lib.NAMES}")
   from gendistill.data import toy2d  # pylint: disable=g-import-not-at-top
-  if dc.get("name") == "toy2d" and dc.get("toy2d_kind") not in toy2d.KINDS:
-    p.add("data.toy2d_kind", dc.get("toy2d_kind"), f"one of {toy2d.KINDS}")
+  if dc.get("name") == "toy2d":
+    kind = dc.get("toy2d_kind")
+    if not toy2d.is_known_kind(kind):
+      p.add("data.toy2d_kind", kind, f"one of {toy2d.ALL_KINDS_TEXT} (SEED a non-negative integer)")
+    else:   # a user's mixture or points file is read and checked now, before anything is built
+      try:
+        data_lib.check_toy2d(dc)
+      except ValueError as e:
+        p.add("data.toy2d_kind", kind, f"valid toy2d data: {e}")
 
   sc = config.get("sampler", {})
   p.int_at_least(config, "sampler", "num_steps", 1)
@@ -153,6 +160,9 @@ def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> N
     p.add("teacher.workdir", tcfg.workdir,
           f"'' with teacher.source = {tcfg.source!r} (that source ignores a workdir; set teacher.source='workdir' "
           "to use it)")
+  if tcfg.get("source") == "analytic" and dc.get("name") == "toy2d" and dc.get("toy2d_kind") == "points":
+    p.add("teacher.source", "analytic", "a teacher network for toy2d_kind='points' (points have no analytic "
+          "mixture): train configs/edm.py:toy2d on the same data and set teacher.source='workdir', teacher.workdir")
   if tcfg.get("source") == "workdir":
     if not tcfg.get("workdir"):
       p.add("teacher.workdir", tcfg.get("workdir"), "the workdir of a trained run when teacher.source = 'workdir'")
@@ -227,8 +237,9 @@ def check_teacher(config: ml_collections.ConfigDict, spec) -> None:
   if t_spec.get("num_classes", 0) != spec.num_classes:
     p.add("teacher.workdir", tcfg.workdir, f"a teacher with the run's {spec.num_classes} classes "
           f"(data.conditional = {config.data.conditional}); it has {t_spec.get('num_classes')}")
-  same_kind = {"tfds": "tfds_name", "toy2d": "toy2d_kind"}.get(config.data.get("name"))
-  for key in ("name", same_kind):
+  same_kind = {"tfds": ("tfds_name",),
+               "toy2d": ("toy2d_kind", "toy2d_mixture", "path")}.get(config.data.get("name"), ())
+  for key in ("name",) + same_kind:
     if key and key in t_data and t_data[key] != config.data.get(key):
       p.add(f"data.{key}", config.data.get(key), f"the teacher's {t_data[key]!r} (teacher.workdir = {tcfg.workdir})")
   p.raise_if_any("teacher")

@@ -11,11 +11,15 @@ iterator state is the same on every process (see `pipeline`), so the checkpoint 
 
 Config keys (ml_collections ConfigDict; missing keys take the defaults in `DEFAULTS`):
   name           'toy2d' | 'digits' | 'tfds' | 'images'
-  toy2d_kind     see `toy2d.KINDS`
-  toy2d_size     size of the fixed toy training pool
+  toy2d_kind     a named kind (`toy2d.KINDS`), 'family:SEED' (the seeded family), 'mixture' (the user's
+                 Gaussian mixture: data.toy2d_mixture or an .npz at data.path) or 'points' (an .npy/.npz of
+                 [n, 2] points at data.path); see gendistill/data/toy2d.py
+  toy2d_mixture  kind 'mixture': JSON {"weights": [K], "means": [K][2], "covs": [K][2][2]} ('' = use data.path)
+  toy2d_size     size of the fixed toy training pool (kind 'points': all the file's points instead)
   image_size     digits: side of the resized images (0 -> 16); tfds: resize to a square (0 -> native)
   tfds_name, tfds_split, tfds_data_dir ('' = tfds default); the dataset must be prepared (see tfds_source)
-  path           images: a directory or .zip in EDM's dataset layout, or an .npz (see image_folder)
+  path           toy2d 'mixture' / 'points': the .npz / .npy file; images: a directory or .zip in EDM's dataset
+                 layout, or an .npz (see image_folder)
   xflip          image data: add a left-right mirrored copy of every image (EDM's --xflip; 2N examples)
   batch_size     GLOBAL batch size
   seed           shuffle seed
@@ -41,6 +45,7 @@ NAMES = ("toy2d", "digits", "tfds", "images")
 DEFAULTS = dict(
     name="toy2d",
     toy2d_kind="ring8",
+    toy2d_mixture="",
     toy2d_size=2**16,
     image_size=0,
     tfds_name="",
@@ -53,7 +58,7 @@ DEFAULTS = dict(
     conditional=False,
 )
 
-__all__ = ["DataSpec", "Dataset", "GaussianMixture", "build", "data_config", "NAMES", "DEFAULTS"]
+__all__ = ["DataSpec", "Dataset", "GaussianMixture", "build", "check_toy2d", "data_config", "NAMES", "DEFAULTS"]
 
 
 def data_config():
@@ -95,7 +100,7 @@ class Dataset:
     whenever the data has labels, even if unconditional).
 
     toy2d: n (default: toy2d_size) fresh samples from the true distribution (a seed other than the
-    pool's); digits: the first n (default all 1797) images; tfds: the first n (default all) records of
+    pool's); toy2d 'points': the first n (default all) points of the file; digits: the first n (default all 1797) images; tfds: the first n (default all) records of
     the split.
     """
     return self._reference(n)
@@ -103,6 +108,39 @@ class Dataset:
 
 def _get(config, key):
   return config.get(key, DEFAULTS[key]) if hasattr(config, "get") else getattr(config, key)
+
+
+def check_toy2d(data_config: Any):
+  """Reads and checks the toy2d data a config names (a user's mixture or points file included) without
+  sampling it; raises ValueError naming the key, the file and the fix."""
+  kind, mixture_json, path = (_get(data_config, k) for k in ("toy2d_kind", "toy2d_mixture", "path"))
+  if kind not in toy2d.USER_KINDS and (mixture_json or path):
+    raise ValueError(f"data.toy2d_mixture and data.path are read only by toy2d_kind 'mixture' or 'points'; "
+                     f"toy2d_kind is {kind!r}: clear them or set the kind.")
+  if kind == "points" and mixture_json:
+    raise ValueError("data.toy2d_kind='points' reads data.path; data.toy2d_mixture must be '' (or use kind "
+                     "'mixture').")
+  if kind == "points":
+    return toy2d.load_points(path)
+  if kind == "mixture":
+    return toy2d.user_mixture(mixture_json, path)
+  return toy2d.mixture(kind)  # Raises on an unknown kind.
+
+
+def _toy2d_source(kind: str, size: int, mixture_json: str, path: str):
+  """(mixture or None, training pool [n, 2], reference(n)) of a toy2d kind; raises ValueError naming the cause."""
+  checked = check_toy2d(dict(toy2d_kind=kind, toy2d_mixture=mixture_json, path=path))
+  if kind == "points":
+    points = checked   # the pool is every point; the reference their first n (like digits)
+    return None, points, lambda n=None: {"x": points[:n]}
+  if kind == "mixture":
+    mix = checked
+    pool = mix.sample(size, toy2d.POOL_SEED)
+    pool.setflags(write=False)
+    return mix, pool, lambda n=None: {"x": mix.sample(size if n is None else n, toy2d.REFERENCE_SEED)}
+  mix = checked
+  return mix, toy2d.pool(kind, size), lambda n=None: {"x": toy2d.sample(kind, size if n is None else n,
+                                                                         toy2d.REFERENCE_SEED)}
 
 
 def build(data_config: Any, process_index: int = 0, process_count: int = 1, *,
@@ -125,7 +163,6 @@ def build(data_config: Any, process_index: int = 0, process_count: int = 1, *,
 
   if name == "toy2d":
     kind = _get(data_config, "toy2d_kind")
-    mix = toy2d.mixture(kind)  # Raises on an unknown kind.
     if conditional:
       raise ValueError("toy2d has no labels: set data.conditional=False.")
     if xflip:
@@ -133,12 +170,8 @@ def build(data_config: Any, process_index: int = 0, process_count: int = 1, *,
     size = int(_get(data_config, "toy2d_size"))
     if size <= 0:
       raise ValueError(f"toy2d_size must be positive, got {size}.")
-    pool = toy2d.pool(kind, size)
-
-    def reference(n=None):
-      return {"x": toy2d.sample(kind, size if n is None else n, toy2d.REFERENCE_SEED)}
-
-    return Dataset(spec=DataSpec("x", (toy2d.DIM,), 0), mixture=mix, num_examples=size,
+    mix, pool, reference = _toy2d_source(kind, size, _get(data_config, "toy2d_mixture"), _get(data_config, "path"))
+    return Dataset(spec=DataSpec("x", (toy2d.DIM,), 0), mixture=mix, num_examples=pool.shape[0],
                    batches=pipeline.array_batches({"x": pool}, **shard),
                    num_threads=num_threads or 0, _reference=reference, **common)
 

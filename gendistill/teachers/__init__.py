@@ -103,8 +103,11 @@ def build(cfg: ml_collections.ConfigDict, dataset, network: Optional[ml_collecti
   if cfg.source == "none":
     return None
   if cfg.source == "analytic":
-    if dataset.mixture is None:
-      raise ValueError("teacher.source='analytic' needs a Gaussian-mixture dataset (toy2d ring8/grid25 kinds).")
+    if dataset.mixture is None:   # the analytic teacher is the exact denoiser of the data's own mixture
+      raise ValueError("teacher.source='analytic' needs data with a known Gaussian mixture (toy2d kinds ring8, "
+                       "grid25 and their _unequal forms, family:SEED, or 'mixture'); this data has none (e.g. "
+                       "toy2d_kind='points'): train an edm teacher on it (configs/edm.py) and use "
+                       "teacher.source='workdir' with teacher.workdir=that run.")
     m = dataset.mixture
     return gaussian_mixture(m.weights, m.means, m.covs)
   if cfg.source == "workdir":
