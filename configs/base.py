@@ -110,7 +110,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # error, not a silently different run.
 KNOWN_FLAGS = ("smoke", "grid25", "vsd", "noreg", "fewstep", "reverse_kl", "softened_rkl", "js", "squared_hellinger",
                "forward_kl", "jeffreys", "neyman_chi2", "l2")
-KNOWN_FLAG_PREFIXES = ("teacher=",)
+KNOWN_FLAG_PREFIXES = ("teacher=", "init=")
 
 
 def parse_arg(arg: str):
