@@ -296,17 +296,29 @@ def main():
   unknown = sorted(set(names) - set(OBJECTIVES))
   if unknown:
     parser.error(f"unknown objectives {unknown}; known: {', '.join(OBJECTIVES)}")
-  db = load(args.out + ".json")
+  db = {"commands": [], "mixtures": {}, "edm": {}, "results": []}   # this invocation's; save() merges
   command = "python experiments/toy_family.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--out"))
   if args.set:
     command += "  # not as shipped: --set overrides"
   if command not in db["commands"]:
     db["commands"].append(command)
 
-  def save():
-    with open(args.out + ".json", "w") as f:
-      json.dump(db, f, indent=1)
-    write_table(db, args.out)
+  def save():   # merged into what is on disk now: another invocation may have added results meanwhile
+    import fcntl  # pylint: disable=g-import-not-at-top
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(os.path.join(args.workdir, "results.lock"), "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      disk = load(args.out + ".json")
+      mine = {(r["objective"], r["seed"], r["init"]) for r in db["results"]}
+      disk["results"] = [r for r in disk["results"] if (r["objective"], r["seed"], r["init"]) not in mine]
+      disk["results"] += db["results"]
+      disk["mixtures"].update(db["mixtures"])
+      disk["edm"].update(db["edm"])
+      disk["commands"] += [c for c in db["commands"] if c not in disk["commands"]]
+      with open(args.out + ".json.tmp", "w") as f:
+        json.dump(disk, f, indent=1)
+      os.replace(args.out + ".json.tmp", args.out + ".json")
+      write_table(disk, args.out)
 
   for seed in parse_seeds(args.seeds):
     mixture = Mixture(seed, args)
