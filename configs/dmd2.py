@@ -19,6 +19,11 @@ def get_config(arg: str = "digits"):
   if "fewstep" in flags:
     o.denoising_timesteps = (999, 749, 499, 249)
   apply_method_settings(c, o, dataset, flags)
+  if dataset == "toy2d" and "fewstep" not in flags:
+    # DMD's regression loss on teacher ODE pairs (as configs/dmd.py:toy2d): DMD2 drops it because its students
+    # start from the teacher; from random weights its one-step generator locked onto 2-3 of 6 modes within 1000
+    # steps and a 100x GAN weight did not free it (experiments/toy_collapse.md).
+    o.update(regression_weight=0.25, regression_pairs=4096, regression_batch_size=256)
   return sid_config.finish(c, flags)
 
 

@@ -1,0 +1,40 @@
+"""The toy2d presets' curricula fit their own run length (experiments/toy_collapse.md).
+
+CT and iCT from random weights learn the one-step map by propagating consistency from sigma_min up to sigma_max
+through the grid; a curriculum sized for hundreds of thousands of steps, squeezed into a few thousand, left the
+one-step output at the data mean. These checks read the schedules the presets produce, not the presets' numbers.
+"""
+import importlib
+import math
+
+from gendistill.objectives import consistency as cm
+
+
+def _preset(name, arg="toy2d"):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def test_ct_toy_target_ema_is_fast_against_the_run():
+  config = _preset("ct")
+  o, k = config.objective.ct, config.train.num_steps
+  num_scales, mu = cm.ct_schedule(k, o.total_steps or k, o.start_scales, o.end_scales, o.start_ema, o.paper_mu)
+  halflife_steps = math.log(0.5) / math.log(float(mu))
+  assert halflife_steps <= 0.1 * k, (halflife_steps, k)   # CIFAR-10's s1 150, mu0 0.9 in 3000 steps: 490 steps
+  assert int(num_scales) <= 0.02 * k, int(num_scales)      # ... and 151 levels
+
+
+def test_ict_toy_curriculum_levels_fit_the_run():
+  config = _preset("ict")
+  o, k = config.objective.ict, config.train.num_steps
+  final = int(cm.ict_num_scales(k - 1, o.total_steps or k, o.start_scales, o.end_scales))
+  stages = math.log2(o.end_scales // o.start_scales) + 1
+  assert final <= 200, final
+  assert (o.total_steps or k) / stages >= 500   # each doubling stage gets several hundred steps
+
+
+def test_sid_toy_learning_rates_decay_within_the_run():
+  for name in ("sid", "sida"):
+    config = _preset(name)
+    o = config.objective[name]
+    for opt in (o.generator_optimizer, o.fake_score_optimizer):
+      assert 0 < opt.decay_steps <= config.train.num_steps, (name, opt.decay_steps)
