@@ -114,6 +114,17 @@ def generate(apply_fn, params, z, sigma_init, labels, train=False, rngs=None):
   return apply_fn(params, sigma_init * z, sigma, labels, train=train, rngs=rngs)
 
 
+def fake_score_loss(apply_g, apply_f, params_f, params_g, labels, rng, *, shape, sigma_init, p_mean, p_std,
+                    sigma_data):
+  """The fake score's step of the one-step score distillers (diff_instruct, sim): EDM's denoising loss on
+  sg[G(z)], z ~ N(0, I) of `shape`, the generator in eval mode."""
+  rng_z, rng_loss = jax.random.split(rng)
+  x_g = sg(generate(apply_g, params_g, jax.random.normal(rng_z, shape), sigma_init, labels))
+  loss, _ = losses.edm_loss(apply_f, params_f, x_g, labels, rng_loss, p_mean=p_mean, p_std=p_std,
+                            sigma_data=sigma_data, train=True)
+  return loss
+
+
 def few_step_generate(apply_fn, params, z, sigmas, labels, rng, num_steps=None):
   """Multi-step generation on the decreasing grid `sigmas` (DMD2): x = sigma_0 z; x0 = G(x; sigma_k);
   x = x0 + sigma_{k+1} eps with fresh eps. `num_steps` (static, <= len(sigmas)) truncates the grid."""

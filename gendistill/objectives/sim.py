@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from gendistill import state as state_lib
-from gendistill.diffusion import losses
 from gendistill.objectives import base, register
 from gendistill.objectives import score_common as sc
 
@@ -140,11 +139,8 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
   init = sc.generator_and_fake_score_init(net_g, net_f, spec, tx, cfg.init)
 
   def fake_loss(params_f, params_g, labels, rng, *, shape):
-    rng_z, rng_loss = jax.random.split(rng)
-    z = jax.random.normal(rng_z, shape)
-    x_g = sc.sg(sc.generate(apply_g, params_g, z, cfg.sigma_init, labels, train=False))
-    loss, _ = losses.edm_loss(apply_f, params_f, x_g, labels, rng_loss, p_mean=cfg.p_mean, p_std=cfg.p_std,
-                              sigma_data=sigma_data, train=True)
+    loss = sc.fake_score_loss(apply_g, apply_f, params_f, params_g, labels, rng, shape=shape,
+                              sigma_init=cfg.sigma_init, p_mean=cfg.p_mean, p_std=cfg.p_std, sigma_data=sigma_data)
     return loss, {f"{F}/denoising_loss": loss}
 
   def generator_loss(params_g, params_f, teacher, labels, rng, *, shape):
