@@ -178,6 +178,18 @@ def run_one(name, mixture, args, init_dir):
           "config_hash": config_hash(config), "steps": rows}
 
 
+def key(r):
+  return (r["objective"], r["seed"], r["init"], r.get("config_hash", "-"))
+
+
+def latest(results):
+  """The newest row of each (objective, seed, init): the preset as it is now; older rows are superseded presets."""
+  out = {}
+  for r in sorted(results, key=lambda r: r.get("finished", "")):
+    out[(r["objective"], r["seed"], r["init"])] = r
+  return out
+
+
 def load(path):
   if os.path.exists(path):
     with open(path) as f:
@@ -227,7 +239,8 @@ def write_table(db, path):
             "| objective | init | steps | mixtures | SW / teacher median (min - max) | all modes | near | pass |",
             "|---|---|---|---|---|---|---|---|"]
   keyed = {}
-  for r in db["results"]:
+  current = latest(db["results"])
+  for r in current.values():
     if "error" not in r and r["seed"] in held:
       for steps, s in r["steps"].items():
         keyed.setdefault((r["objective"], r["init"], steps), []).append(s)
@@ -259,16 +272,19 @@ def write_table(db, path):
       e = db["edm"][str(seed)]
       lines.append(row("edm MLP (Heun NFE 35)", "-", 35, e, seconds=f"{e['seconds']:.0f}"))
     for r in sorted((r for r in db["results"] if r["seed"] == seed),
-                    key=lambda r: (OBJECTIVES.index(r["objective"]), r["init"])):
+                    key=lambda r: (OBJECTIVES.index(r["objective"]), r["init"], r.get("finished", ""))):
+      label = r["objective"]
+      if current[(r["objective"], r["seed"], r["init"])] is not r:
+        label += f" (earlier preset, config {r.get('config_hash', '-')})"
       if "error" in r:
-        lines.append(f"| {r['objective']} | {r['init']} | - | failed: {r['error'][:120]} | | | | | | | | |")
+        lines.append(f"| {label} | {r['init']} | - | failed: {r['error'][:120]} | | | | | | | | |")
         continue
       for steps, s in r["steps"].items():
         bar = f"{BAR[r['group']]}x" + ("" if r["group"] == "few_step" else f", near >= {NEAR_BAR}")
-        lines.append(row(r["objective"], r["init"], steps, s, bar, "pass" if s["pass"] else "**fail**",
+        lines.append(row(label, r["init"], steps, s, bar, "pass" if s["pass"] else "**fail**",
                          r["train_steps"], f"{r['seconds']:.0f}"))
     lines.append("")
-  done = {(r["objective"], r["init"], r["seed"]) for r in db["results"] if "error" not in r}
+  done = {(r["objective"], r["init"], r["seed"]) for r in current.values() if "error" not in r}
   missing = [f"{n} ({init})" for n in OBJECTIVES for init in ("random", "edm")
              if not any((n, init, s) in done for s in held)]
   lines += ["## Not run", "", "Objective/init pairs with no result on any held-out mixture: "
@@ -309,8 +325,8 @@ def main():
     with open(os.path.join(args.workdir, "results.lock"), "w") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
       disk = load(args.out + ".json")
-      mine = {(r["objective"], r["seed"], r["init"]) for r in db["results"]}
-      disk["results"] = [r for r in disk["results"] if (r["objective"], r["seed"], r["init"]) not in mine]
+      mine = {key(r) for r in db["results"]}
+      disk["results"] = [r for r in disk["results"] if key(r) not in mine]
       disk["results"] += db["results"]
       disk["mixtures"].update(db["mixtures"])
       disk["edm"].update(db["edm"])
@@ -338,10 +354,10 @@ def main():
         r = run_one(name, mixture, args, init_dir)
       except Exception as e:  # pylint: disable=broad-except   # a failed run is a row of the table, not the end
         traceback.print_exc()
-        r = {"objective": name, "group": group(name), "seed": seed, "init": args.init,
+        r = {"objective": name, "group": group(name), "seed": seed, "init": args.init, "config_hash": "-",
              "error": f"{type(e).__name__}: {e}".replace("\n", " ").replace("|", "/")}
-      db["results"] = [x for x in db["results"]
-                       if (x["objective"], x["seed"], x["init"]) != (name, seed, args.init)] + [r]
+      r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+      db["results"] = [x for x in db["results"] if key(x) != key(r)] + [r]
       if "error" not in r:
         print(f"  {name:13s} " + " ".join(f"{k}-step SW/teacher {fmt(s)} modes {s['modes_min']}/{s['num_modes']} "
                                           f"near {s['near']:.2f} {'pass' if s['pass'] else 'FAIL'}"
