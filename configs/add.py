@@ -1,11 +1,11 @@
-"""Adversarial Diffusion Distillation. `--config=configs/add.py:<dataset>[,smoke][,teacher=DIR]`, dataset in toy2d |
-digits | cifar10. digits distils an `edm` run of this library in `teacher=DIR` (default workdirs/demo/teacher,
+"""Adversarial Diffusion Distillation. `--config=configs/add.py:<dataset>[,smoke][,teacher=DIR][,init=DIR]`,
+dataset in toy2d | digits | cifar10. digits distils an `edm` run of this library in `teacher=DIR` (default workdirs/demo/teacher,
 made by `make demo`); cifar10 distils EDM's edm-cifar10-32x32-cond-vp.pkl converted by `python -m gendistill.convert
 FILE.pkl DIR` (teacher.source='converted', `teacher=DIR`). The student starts from the teacher's parameters
 (init='teacher'), so config.network is the teacher's network. toy2d distils the exact Gaussian-mixture teacher;
 the student then starts from a random init, which at sigma 80 is a collapsed generator (see
-gendistill/objectives/adversarial.py): experiments/ign_adversarial.py starts it from an `edm` MLP trained on the
-mixture instead, as ADD starts from a pretrained diffusion model.
+gendistill/objectives/adversarial.py): `init=DIR` starts it from the network of an `edm` run on the same mixture
+instead (teacher.init_workdir), as ADD starts from a pretrained diffusion model.
 """
 from configs import base
 from configs import edm as edm_configs
@@ -53,6 +53,9 @@ def get_config(arg: str = "digits"):
     c.eval.update(num_samples=50_000, batch_size=500)
   else:
     raise ValueError(f"Unknown dataset {dataset!r} for configs/add.py; expected toy2d, digits or cifar10.")
+  for flag in flags:
+    if flag.startswith("init="):
+      sid_config.init_from(c, flag.split("=", 1)[1])
   if "smoke" in flags:
     base.smoke(c)
     if c.teacher.source in ("workdir", "converted"):  # a random teacher of the shrunk network: none trained needed

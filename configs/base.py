@@ -113,20 +113,21 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # error, not a silently different run.
 KNOWN_FLAGS = ("smoke", "grid25", "vsd", "noreg", "fewstep", "reverse_kl", "softened_rkl", "js", "squared_hellinger",
                "forward_kl", "jeffreys", "neyman_chi2", "l2", "uncond")
-KNOWN_FLAG_PREFIXES = ("teacher=",)
+KNOWN_FLAG_PREFIXES = ("teacher=", "init=")
 
 
 def parse_arg(arg: str, takes_teacher: bool = False):
-  """'digits,smoke' -> ('digits', {'smoke'}). A `teacher=` flag is an error unless the preset reads it
-  (`takes_teacher`), so that it is never silently ignored."""
+  """'digits,smoke' -> ('digits', {'smoke'}). `teacher=` and `init=` flags are errors unless the preset reads
+  them (`takes_teacher`), so that they are never silently ignored."""
   parts = [p for p in (arg or "").split(",") if p]
   unknown = [p for p in parts[1:] if p not in KNOWN_FLAGS and not p.startswith(KNOWN_FLAG_PREFIXES)]
   if unknown:
     raise ValueError(f"Unknown preset flag(s) {unknown} in {arg!r}; known flags: {', '.join(KNOWN_FLAGS)} and "
                      f"{', '.join(p + '...' for p in KNOWN_FLAG_PREFIXES)}.")
-  if not takes_teacher and any(p.startswith("teacher=") for p in parts[1:]):
-    raise ValueError(f"This preset trains without a teacher, so the flag 'teacher=...' in {arg!r} has no meaning; "
-                     "remove it.")
+  for prefix in KNOWN_FLAG_PREFIXES:
+    if not takes_teacher and any(p.startswith(prefix) for p in parts[1:]):
+      raise ValueError(f"This preset trains without a teacher, so the flag '{prefix}...' in {arg!r} has no meaning; "
+                       "remove it.")
   return (parts[0] if parts else ""), set(parts[1:])
 
 

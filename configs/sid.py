@@ -1,4 +1,4 @@
-"""SiD distillation presets: `--config=configs/sid.py:<dataset>[,smoke][,grid25][,uncond][,teacher=DIR]`.
+"""SiD distillation presets: `--config=configs/sid.py:<dataset>[,smoke][,grid25][,uncond][,teacher=DIR][,init=DIR]`.
 
 dataset:
   toy2d      2-D Gaussian mixture (8-ring with unequal weights; `grid25`: the 5x5 grid with unequal weights),
@@ -17,7 +17,10 @@ dataset:
 For cifar10 and imagenet64 the `network` section is the published file's architecture (`TEACHERS`, looked up in
 gendistill.convert.presets), so the generator and fake score start from the teacher's parameters (init='teacher':
 a converted teacher of another architecture is an error at init; see `use_teacher`).
-`smoke` shrinks everything for tests; with a network teacher it uses a randomly initialised teacher of the
+`init=DIR` (every preset built on `distillation_config`): the student networks start from the network of the run
+in DIR (teacher.init_workdir; e.g. configs/edm.py:toy2d trained on the same data: the analogue of starting from
+the teacher's weights when the teacher is the analytic one), with the objective's init 'teacher' (a network of
+another shape is an error). `smoke` shrinks everything for tests; with a network teacher it uses a randomly initialised teacher of the
 (shrunk) network section (teacher.source = 'random') so that it runs without a trained or converted one.
 
 `distillation_config` is shared by the presets of every score-distillation objective (sid, sida, diff_instruct,
@@ -37,7 +40,7 @@ TEACHERS = {"cifar10": "edm-cifar10-32x32-cond-vp", "cifar10,uncond": "edm-cifar
 
 
 def parse(arg: str):
-  """'digits,smoke,teacher=/x' -> ('digits', {'smoke'}, '/x' or None)."""
+  """'digits,smoke,teacher=/x' -> ('digits', {'smoke'}, '/x' or None); an 'init=DIR' flag stays in flags."""
   dataset, flags = base.parse_arg(arg, takes_teacher=True)
   teacher = None
   for flag in list(flags):
@@ -45,6 +48,16 @@ def parse(arg: str):
       teacher = flag.split("=", 1)[1]
       flags.discard(flag)
   return dataset, flags, teacher
+
+
+def init_from(c, workdir: str):
+  """Students start from the network of the run in `workdir` (teacher.init_workdir; e.g. configs/edm.py:toy2d
+  trained on the same data, the analogue of starting from the teacher's weights): the objective's init becomes
+  'teacher', so a network of another shape is an error at init. The preset flag `init=DIR` does this."""
+  c.teacher.init_workdir = workdir
+  o = c.objective[c.objective.name]
+  if "init" in o:
+    o.init = "teacher"
 
 
 def use_teacher(c, preset: str, workdir: str = ""):
@@ -102,7 +115,11 @@ def distillation_config(objective: str, arg: str):
 
 
 def finish(c, flags):
-  """Applies `smoke` last (after the method's settings, which may set batch sizes and step counts)."""
+  """Applies `init=DIR` (after the method's settings, which may set the init mode) and `smoke` last (after the
+  method's settings, which may set batch sizes and step counts)."""
+  for flag in flags:
+    if flag.startswith("init="):
+      init_from(c, flag.split("=", 1)[1])
   if "smoke" in flags:
     base.smoke(c)
     if c.teacher.source in ("workdir", "converted"):  # a random teacher of config.network: none trained needed

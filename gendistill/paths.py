@@ -24,7 +24,8 @@ from etils import epath
 PathLike = Union[str, os.PathLike]
 
 # Config keys that hold a path (made absolute by resolve_config; '' means unset).
-CONFIG_PATHS = ("teacher.workdir", "data.path", "data.tfds_data_dir", "eval.inception_weights", "eval.ref_stats")
+CONFIG_PATHS = ("teacher.workdir", "teacher.init_workdir", "data.path", "data.tfds_data_dir", "eval.inception_weights",
+                "eval.ref_stats")
 
 
 def is_remote(path: PathLike) -> bool:

@@ -323,8 +323,12 @@ def _locked_train_and_evaluate(config, workdir, mesh, compiled_step, is_main):
     validation.check_teacher(config, spec)
     teacher = teachers.build(config.teacher, dataset, config.network)
     objective = objectives.build(config, spec)
+    # With teacher.init_workdir, init gets a teacher carrying that run's network, which the students copy.
+    init_teacher = teachers.with_init_network(teacher, config.teacher)
+    init_teacher = None if init_teacher is teacher else init_teacher
     logging.info("Mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
-    sharded = sharding.ShardedObjective(objective, spec, mesh, teacher, config.mesh)
+    sharded = sharding.ShardedObjective(objective, spec, mesh, teacher, config.mesh,
+                                        init_teacher=init_teacher)
     sharding.check_accumulation(sharded, config.train.microbatches, teacher)
   if compiled_step is not None:
     sharded.use_compiled_step(compiled_step)
@@ -344,7 +348,7 @@ def _locked_train_and_evaluate(config, workdir, mesh, compiled_step, is_main):
       iterator.set_state(data_state)
       logging.info("Resumed from step %d in %s", restored_step, workdir)
     else:
-      state = sharded.init(rng, teacher)
+      state = sharded.init(rng, teacher if init_teacher is None else init_teacher)
     start = int(jax.device_get(state.step))
     final = final_results(workdir)
     final_done = final is not None and final.get("step") == start and start >= tc.num_steps

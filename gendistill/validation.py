@@ -164,6 +164,17 @@ def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> N
   if tcfg.get("source") == "analytic" and dc.get("name") == "toy2d" and dc.get("toy2d_kind") == "points":
     p.add("teacher.source", "analytic", "a teacher network for toy2d_kind='points' (points have no analytic "
           "mixture): train configs/edm.py:toy2d on the same data and set teacher.source='workdir', teacher.workdir")
+  if tcfg.get("init_workdir"):
+    if not paths.isfile(paths.join(tcfg.init_workdir, "config.json")):
+      p.add("teacher.init_workdir", tcfg.init_workdir, "a workdir of a gendistill run (e.g. an edm run on the same "
+            "data) whose network the students start from; it has no config.json")
+    section = config.get("objective", {}).get(config.get("objective", {}).get("name"), {})
+    if "init" not in section:
+      p.add("teacher.init_workdir", tcfg.init_workdir, f"'' for objective {config.objective.name!r}: its networks "
+            "start from no other network (it has no `init` setting)")
+    elif section.init == "random":
+      p.add(f"objective.{config.objective.name}.init", "random", "'teacher' (or 'auto') when teacher.init_workdir "
+            "is set, or clear teacher.init_workdir")
   if tcfg.get("source") == "workdir":
     if not tcfg.get("workdir"):
       p.add("teacher.workdir", tcfg.get("workdir"), "the workdir of a trained run when teacher.source = 'workdir'")
@@ -223,25 +234,27 @@ def read_json(path: str, what: str = "run config"):
 
 
 def check_teacher(config: ml_collections.ConfigDict, spec) -> None:
-  """A workdir teacher must have been trained on the run's data: same data name, dataset, resolution, classes."""
+  """A workdir teacher, and the run in teacher.init_workdir, must have been trained on the run's data: same data
+  name, dataset, resolution, classes."""
   tcfg = config.get("teacher", {})
-  if tcfg.get("source") != "workdir" or not tcfg.get("workdir"):
-    return
-  path = paths.join(tcfg.workdir, "config.json")
-  info = read_json(path, "teacher's run config")
-  t_spec, t_data = info.get("spec", {}), info.get("config", {}).get("data", {})
+  runs = [("teacher.workdir", tcfg.get("workdir"))] if tcfg.get("source") == "workdir" and tcfg.get("workdir") else []
+  if tcfg.get("init_workdir"):
+    runs.append(("teacher.init_workdir", tcfg.init_workdir))
   p = _Problems()
-  if tuple(t_spec.get("shape", ())) != tuple(spec.shape):
-    p.add("teacher.workdir", tcfg.workdir,
-          f"a teacher of the run's data shape {tuple(spec.shape)}; it was trained on {tuple(t_spec.get('shape', ()))}")
-  if t_spec.get("num_classes", 0) != spec.num_classes:
-    p.add("teacher.workdir", tcfg.workdir, f"a teacher with the run's {spec.num_classes} classes "
-          f"(data.conditional = {config.data.conditional}); it has {t_spec.get('num_classes')}")
-  same_kind = {"tfds": ("tfds_name",),
-               "toy2d": ("toy2d_kind", "toy2d_mixture", "path")}.get(config.data.get("name"), ())
-  for key in ("name",) + same_kind:
-    if key and key in t_data and t_data[key] != config.data.get(key):
-      p.add(f"data.{key}", config.data.get(key), f"the teacher's {t_data[key]!r} (teacher.workdir = {tcfg.workdir})")
+  for where, workdir in runs:
+    info = read_json(paths.join(workdir, "config.json"), "run config of " + where)
+    t_spec, t_data = info.get("spec", {}), info.get("config", {}).get("data", {})
+    if tuple(t_spec.get("shape", ())) != tuple(spec.shape):
+      p.add(where, workdir, f"a run on the run's data shape {tuple(spec.shape)}; it was trained on "
+            f"{tuple(t_spec.get('shape', ()))}")
+    if t_spec.get("num_classes", 0) != spec.num_classes:
+      p.add(where, workdir, f"a run with the run's {spec.num_classes} classes "
+            f"(data.conditional = {config.data.conditional}); it has {t_spec.get('num_classes')}")
+    same_kind = {"tfds": ("tfds_name",),
+                 "toy2d": ("toy2d_kind", "toy2d_mixture", "path")}.get(config.data.get("name"), ())
+    for key in ("name",) + same_kind:
+      if key in t_data and t_data[key] != config.data.get(key):
+        p.add(f"data.{key}", config.data.get(key), f"the data of {where} = {workdir}: {t_data[key]!r}")
   p.raise_if_any("teacher")
 
 

@@ -104,7 +104,8 @@ def build(config: ml_collections.ConfigDict, spec, networks: Optional[Mapping[st
 # Shared-section keys added after runs were saved, with the value those runs ran with.
 ADDED_KEYS = {("train", "microbatches"): 1, ("network", "dtype"): "float32", ("network", "remat"): "none",
               **{("network", key): value for key, value in nets.unet.EDM_FIELDS.items()},
-              **{("network", key): value for key, value in nets.edm2.CONFIG_FIELDS.items()}}
+              **{("network", key): value for key, value in nets.edm2.CONFIG_FIELDS.items()},
+              ("data", "toy2d_mixture"): "", ("teacher", "init_workdir"): ""}
 
 
 def migrate_config(saved: dict) -> dict:

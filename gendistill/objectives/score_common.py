@@ -64,14 +64,23 @@ def init_from_teacher(network, rng, x, labels, teacher, mode: str = "auto"):
   if mode not in ("auto", "teacher", "random"):
     raise ValueError(f"init mode must be 'auto', 'teacher' or 'random'; got {mode!r}.")
   shapes = jax.eval_shape(lambda: init_network(network, rng, x, labels))
-  matches = teacher is not None and same_structure(teacher.params, shapes)
+  # A teacher carrying `init_params` (teacher.init_workdir, teachers.with_init_network): the students start from
+  # that network, which must match.
+  given = getattr(teacher, "init_params", None)
+  source = given if given is not None else None if teacher is None else teacher.params
+  matches = source is not None and same_structure(source, shapes)
+  if given is not None and mode != "random" and not matches:
+    raise ValueError("The network of teacher.init_workdir does not match the student network (the run's `network` "
+                     "section): the students cannot start from it. Train that run with the same network section, "
+                     "or clear teacher.init_workdir.")
   if mode == "teacher" and not matches:
     raise ValueError("The teacher's parameters do not match the student network: the student networks cannot "
                      "start from the teacher. Use the teacher's network config, or init='auto'/'random'.")
   # Said once per process (this runs at trace time, possibly several times): users must know which start they got.
   if matches and mode != "random":
-    logging.log_first_n(logging.INFO, "Student networks start as copies of the teacher's parameters.", 1)
-    return jax.tree.map(lambda p, s: jnp.array(p, dtype=s.dtype, copy=True), teacher.params, shapes), True
+    logging.log_first_n(logging.INFO, "Student networks start as copies of the %s parameters.", 1,
+                        "teacher.init_workdir network's" if given is not None else "teacher's")
+    return jax.tree.map(lambda p, s: jnp.array(p, dtype=s.dtype, copy=True), source, shapes), True
   if teacher is not None:
     why = "init='random'" if mode == "random" else "the teacher's parameters do not match the student network"
     logging.log_first_n(logging.WARNING, "Student networks start from random weights (%s); set the objective's "

@@ -25,15 +25,19 @@ class ShardedObjective:
   mesh: jax.sharding.Mesh
   teacher: Any = None                      # only shapes are used here
   rules: Any = None                        # a `mesh` config section (rules, fsdp_min_size)
+  init_teacher: Any = None                 # the teacher init gets, if not `teacher` (teachers.with_init_network)
 
   def __post_init__(self):
     mesh, objective = self.mesh, self.objective
     # Shapes only (no device arrays): this also runs for deviceless (ahead-of-time) compiles.
     key = jax.eval_shape(jax.random.key, 0)
-    self._abstract = jax.eval_shape(objective.init, key, abstract_batch(self.spec), self.teacher)
+    init_with = self.teacher if self.init_teacher is None else self.init_teacher
+    self._abstract = jax.eval_shape(objective.init, key, abstract_batch(self.spec), init_with)
     self.state_shardings = tree_shardings(self._abstract, mesh, self.rules)
     self.abstract_state = with_shardings(self._abstract, self.state_shardings)
     self.teacher_shardings = tree_shardings(self.teacher, mesh, self.rules, prefix="teacher")
+    self._init_teacher_shardings = init_teacher_shardings = tree_shardings(init_with, mesh, self.rules,
+                                                                           prefix="teacher")
     self.batch_sharding = batch_sharding(mesh)
     self.metrics_sharding = replicated(mesh)
     spec = self.spec
@@ -43,7 +47,7 @@ class ShardedObjective:
       return objective.init(jax.random.wrap_key_data(key_data), example, teacher)
 
     self._compiler_options = _platform.compiler_options(mesh)
-    self._init = jax.jit(init, in_shardings=(replicated(mesh), self.teacher_shardings),
+    self._init = jax.jit(init, in_shardings=(replicated(mesh), init_teacher_shardings),
                          out_shardings=self.state_shardings, compiler_options=self._compiler_options)
     self._step = jax.jit(objective.train_step,
                          in_shardings=(self.state_shardings, self.batch_sharding, self.teacher_shardings),
@@ -64,8 +68,10 @@ class ShardedObjective:
 
   # The objective's functions.
   def init(self, rng, teacher=None):
-    """The initial TrainState, each array created directly in its shards."""
+    """The initial TrainState, each array created directly in its shards; `teacher`: init_teacher if given."""
     key_data = put_replicated(np.asarray(jax.random.key_data(rng)), self.mesh)
+    if teacher is not None:
+      teacher = put_tree(teacher, self._init_teacher_shardings)
     return self._init(key_data, teacher)
 
   def train_step(self, state, batch, teacher=None):

@@ -27,6 +27,9 @@ class Teacher:
   params: Any
   apply_fn: Callable = struct.field(pytree_node=False)   # (params, x, sigma, labels, train=False, rngs=None)
   num_classes: int = struct.field(pytree_node=False, default=0)
+  # Only in the teacher given to `objective.init` (see with_init_network): the parameters the students start from
+  # instead of `params` (a pre-trained network of the same data, e.g. beside the analytic teacher).
+  init_params: Any = None
 
   def __call__(self, x, sigma, labels=None, train=False, rngs=None):
     return self.apply_fn(self.params, x, sigma, labels, train=train, rngs=rngs)
@@ -42,8 +45,11 @@ def gaussian_mixture(weights, means, covs) -> Teacher:
 
 def teacher_config() -> ml_collections.ConfigDict:
   """The `teacher` config section. source: none | analytic (the data's own mixture) | workdir (a run of ours) |
-  converted (workdir = a directory written by `python -m gendistill.convert`) | random (a randomly initialised network of the run's `network` section: smoke tests without a trained teacher)."""
-  return ml_collections.ConfigDict(dict(source="none", workdir="", step=-1))
+  converted (workdir = a directory written by `python -m gendistill.convert`) | random (a randomly initialised network of the run's `network` section: smoke tests without a trained teacher).
+  init_workdir: a run of ours (e.g. an `edm` run on the same data) whose exported network the student networks
+  start from instead of the teacher's parameters ('' = from the teacher where it matches, see the objective's
+  `init`); its network must match the run's `network` section."""
+  return ml_collections.ConfigDict(dict(source="none", workdir="", step=-1, init_workdir=""))
 
 
 def from_workdir(workdir: str, step: Optional[int] = None) -> Teacher:
@@ -58,6 +64,19 @@ def from_workdir(workdir: str, step: Optional[int] = None) -> Teacher:
   state = checkpoint.restore_state(workdir, objective, spec, step=None if step in (None, -1) else step,
                                    teacher=abstract_for_run(config, spec))
   return _exported(objective, state, spec)
+
+
+def with_init_network(teacher: Optional[Teacher], cfg: ml_collections.ConfigDict) -> Optional[Teacher]:
+  """The teacher to give `objective.init`: with cfg.init_workdir set, it carries that run's exported network as
+  `init_params`, which the students copy instead of the teacher's own parameters (the analogue of starting from
+  the teacher's weights when the teacher is analytic or of another kind); train steps get the plain teacher.
+  Without a teacher (source 'none') it is a stand-in that holds only the network to start from."""
+  if not cfg.get("init_workdir"):
+    return teacher
+  start = from_workdir(cfg.init_workdir)
+  if teacher is None:
+    return Teacher(params=None, apply_fn=start.apply_fn, num_classes=start.num_classes, init_params=start.params)
+  return teacher.replace(init_params=start.params)
 
 
 def abstract_for_run(config: ml_collections.ConfigDict, spec) -> Optional[Teacher]:
