@@ -24,6 +24,8 @@ def get_config(arg: str = "digits"):
     # start from the teacher; from random weights its one-step generator locked onto 2-3 of 6 modes within 1000
     # steps and a 100x GAN weight did not free it (experiments/toy_collapse.md).
     o.update(regression_weight=0.25, regression_pairs=4096, regression_batch_size=256)
+    if "smoke" in flags:   # as configs/dmd.py's smoke: a few pairs, not 4096 Heun solves at init
+      o.update(regression_pairs=8, regression_batch_size=4, regression_chunk=8)
   return sid_config.finish(c, flags)
 
 

@@ -103,15 +103,29 @@ def test_remote_workdir_trains_checkpoints_resumes_evaluates_and_generates(gcs_b
   metrics, evaluation and generated samples; and the resumed state is the one of 4 steps at once."""
   config = edm_config.get_config("toy2d,smoke")
   config.train.update(num_steps=4, checkpoint_every=2, sample_every=2)
-  local, remote = str(tmp_path / "run"), f"{gcs_bucket}/runs/edm"
+  local = str(tmp_path / "run")
   straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-  states = {}
-  for workdir in (local, remote):
+
+  def two_then_four(workdir):
     config.train.num_steps = 2
     train.train_and_evaluate(config, workdir)
     assert ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir)).all_steps() == [2]
     config.train.num_steps = 4
-    states[workdir] = train.train_and_evaluate(config, workdir)   # resumes from its checkpoint
+    return train.train_and_evaluate(config, workdir)   # resumes from its checkpoint
+
+  states = {local: two_then_four(local)}
+  # The emulator now and then answers one of tensorstore's conditional writes without a usable object generation
+  # ("Malformed StorageGeneration" from orbax's array writes; seen in 1 of 4 runs on a loaded machine; the other
+  # runs of the same test passed). Such an attempt is repeated in a fresh directory; any
+  # other error fails the test.
+  for attempt in range(3):
+    remote = f"{gcs_bucket}/runs/edm{attempt}"
+    try:
+      states[remote] = two_then_four(remote)
+      break
+    except Exception as e:  # pylint: disable=broad-except
+      if "Malformed StorageGeneration" not in str(e) or attempt == 2:
+        raise
   assert int(states[remote].step) == 4
   jax.tree.map(np.testing.assert_array_equal, _params(states[remote]), _params(states[local]))
   jax.tree.map(np.testing.assert_array_equal, _params(states[remote]), _params(straight))
