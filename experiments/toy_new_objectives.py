@@ -128,7 +128,8 @@ def main():
     for name in names:
       results.append(run_one(name, mixture, args, reference, init_params if name in PRETRAINED else None))
       with open(args.out + ".json", "w") as f:
-        json.dump({"args": vars(args), "references": refs, "results": results}, f, indent=1)
+        saved_args = {k: os.path.relpath(v, ROOT) if k in ("workdir", "out") else v for k, v in vars(args).items()}
+        json.dump({"args": saved_args, "references": refs, "results": results}, f, indent=1)  # no machine paths
       write_table(args, refs, results)
 
 
