@@ -100,14 +100,9 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
     return cfg.fake_loss_scale * loss, {}
 
   def generator_loss(params_g, params_f, teacher, labels, rng, *, shape):
-    rng_z, rng_drop_g, rng_sigma, rng_noise, rng_drop = jax.random.split(rng, 5)
-    x_g = sc.generate(apply_g, params_g, jax.random.normal(rng_z, shape), cfg.sigma_init, labels,
-                      train=cfg.generator_dropout, rngs=sc.dropout_rngs(rng_drop_g))
-    if cfg.generator_sigma == "lognormal":
-      sigma = sc.noise_lib.lognormal_sigma(rng_sigma, shape[0], cfg.p_mean, cfg.p_std)
-    else:
-      sigma = sc.sid_sigma(rng_sigma, shape[0], cfg.t_max, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-    noise = jax.random.normal(rng_noise, shape)
+    *keys, rng_drop = jax.random.split(rng, 5)
+    x_g, sigma, noise = sc.generator_draw(apply_g, params_g, labels, keys, shape, cfg,
+                                          sigma_kind=cfg.generator_sigma)
     kw = dict(train=cfg.networks_train_mode, rngs=sc.dropout_rngs(rng_drop))   # one dropout key for both
     real_fn = lambda x, s: teacher.apply_fn(teacher.params, x, s, labels, **kw)
     fake_fn = lambda x, s: apply_f(params_f, x, s, labels, **kw)
@@ -119,17 +114,11 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
     rng_f, rng_g = state.step_rng(F, G)
     (loss_f, _), grads_f = jax.value_and_grad(functools.partial(fake_loss, shape=x.shape), has_aux=True)(
         state.params[F], state.params[G], labels, rng_f)
-    if cfg.nan_to_num:   # counted first: a sanitised NaN is still a skipped update in the run's totals
-      state = state_lib.count_nonfinite(state, F, grads_f)
-      grads_f = sc.nan_to_num_grads(grads_f)
-    state, metrics_f = state_lib.apply_gradients(state, F, grads_f, tx[F])
+    state, metrics_f = sc.sanitised_update(state, F, grads_f, tx[F], cfg.nan_to_num)
     update_g = gating.gate(state.step, cfg.generator_every)
     (loss_g, aux_g), grads_g = gating.value_and_grad(update_g, functools.partial(generator_loss, shape=x.shape),
                                                      state.params[G], state.params[F], teacher, labels, rng_g)
-    if cfg.nan_to_num:
-      state = state_lib.count_nonfinite(state, G, grads_g, update_g.on)
-      grads_g = sc.nan_to_num_grads(grads_g)
-    state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g.on)
+    state, metrics_g = sc.sanitised_update(state, G, grads_g, tx[G], cfg.nan_to_num, enabled=update_g.on)
     state, decay = sc.step_ema(state, ema_decay)
     state = state.replace(step=state.step + 1)
     return state, {f"{F}/loss": loss_f, f"{G}/loss": loss_g, f"{G}/updated": jnp.asarray(update_g.on, jnp.float32),

@@ -114,6 +114,20 @@ def generate(apply_fn, params, z, sigma_init, labels, train=False, rngs=None):
   return apply_fn(params, sigma_init * z, sigma, labels, train=train, rngs=rngs)
 
 
+def generator_draw(apply_g, params_g, labels, keys, shape, cfg, *, sigma_kind="sid"):
+  """The draws of one generator half-step (SiD, SiM, Diff-Instruct): x_g = G(sigma_init z) with the generator's
+  dropout as configured, the diffusion level sigma (SiD's t-schedule, or EDM's log-normal) and the noise n.
+  keys = (z, dropout, sigma, noise) keys; cfg holds sigma_init, generator_dropout and the sigma settings."""
+  rng_z, rng_drop, rng_sigma, rng_noise = keys
+  x_g = generate(apply_g, params_g, jax.random.normal(rng_z, shape), cfg.sigma_init, labels,
+                 train=cfg.generator_dropout, rngs=dropout_rngs(rng_drop))
+  if sigma_kind == "lognormal":
+    sigma = noise_lib.lognormal_sigma(rng_sigma, shape[0], cfg.p_mean, cfg.p_std)
+  else:
+    sigma = sid_sigma(rng_sigma, shape[0], cfg.t_max, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+  return x_g, sigma, jax.random.normal(rng_noise, shape)
+
+
 def fake_score_loss(apply_g, apply_f, params_f, params_g, labels, rng, *, shape, sigma_init, p_mean, p_std,
                     sigma_data):
   """The fake score's step of the one-step score distillers (diff_instruct, sim): EDM's denoising loss on
@@ -185,6 +199,15 @@ def grid_sigma(rng, n, grid, min_index, max_index):
 def nan_to_num_grads(grads, posinf=1e5, neginf=-1e5):
   """SiD/Diff-Instruct: torch.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5) on every gradient."""
   return jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=posinf, neginf=neginf), grads)
+
+
+def sanitised_update(state, role, grads, tx, nan_to_num: bool, enabled=True):
+  """One optimizer step of `role`; with `nan_to_num` (official SiD/Diff-Instruct) the raw gradients' non-finite
+  entries are counted first (a sanitised NaN is still a skipped update in the run's totals), then replaced."""
+  if nan_to_num:
+    state = state_lib.count_nonfinite(state, role, grads, enabled)
+    grads = nan_to_num_grads(grads)
+  return state_lib.apply_gradients(state, role, grads, tx, enabled=enabled)
 
 
 def clip_by_joint_norm(grads: dict, max_norm: float):

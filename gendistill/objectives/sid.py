@@ -205,12 +205,7 @@ def _build(cfg, networks, spec, run: base.RunFacts, name: str, adversarial: bool
                    f"{F}/d_fake_prob": jnp.mean(jax.nn.sigmoid(logits_fake))}
 
   def generator_loss(params_g, params_f, teacher, labels, gan_on, rng, *, shape):
-    rng_z, rng_drop, rng_sigma, rng_noise = jax.random.split(rng, 4)
-    z = jax.random.normal(rng_z, shape)
-    x_g = sc.generate(apply_g, params_g, z, cfg.sigma_init, labels, train=cfg.generator_dropout,
-                      rngs=sc.dropout_rngs(rng_drop))
-    sigma = sc.sid_sigma(rng_sigma, shape[0], cfg.t_max, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-    noise = jax.random.normal(rng_noise, shape)
+    x_g, sigma, noise = sc.generator_draw(apply_g, params_g, labels, jax.random.split(rng, 4), shape, cfg)
     real_fn = lambda x, s: guided_apply(teacher.apply_fn, teacher.params, x, s, labels, cfg.kappa4)
     aux = {}
     if not adversarial:
@@ -245,10 +240,7 @@ def _build(cfg, networks, spec, run: base.RunFacts, name: str, adversarial: bool
     # (a) fake score: fit f_psi to the current generator's samples.
     (loss_f, aux_f), grads_f = jax.value_and_grad(fake_loss, has_aux=True)(
         state.params[F], state.params[G], x_real, labels, rng_f)
-    if cfg.nan_to_num:   # counted first: a sanitised NaN is still a skipped update in the run's totals
-      state = state_lib.count_nonfinite(state, F, grads_f)
-      grads_f = sc.nan_to_num_grads(grads_f)
-    state, metrics_f = state_lib.apply_gradients(state, F, grads_f, tx[F])
+    state, metrics_f = sc.sanitised_update(state, F, grads_f, tx[F], cfg.nan_to_num)
     # (b) generator, against the updated fake score (frozen here).
     # With generator_every = 1 the gate is off only during SiDA's warm-up: no conditional (gating's cost rules).
     update_g = gating.gate(state.step, cfg.generator_every, warmup=generator_start + 1)
@@ -256,10 +248,7 @@ def _build(cfg, networks, spec, run: base.RunFacts, name: str, adversarial: bool
     loss_fn = functools.partial(generator_loss, shape=x_real.shape)
     (loss_g, aux_g), grads_g = gating.value_and_grad(update_g, loss_fn, state.params[G], state.params[F], teacher,
                                                      labels_g, gan_on, rng_g)
-    if cfg.nan_to_num:
-      state = state_lib.count_nonfinite(state, G, grads_g, update_g.on)
-      grads_g = sc.nan_to_num_grads(grads_g)
-    state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G], enabled=update_g.on)
+    state, metrics_g = sc.sanitised_update(state, G, grads_g, tx[G], cfg.nan_to_num, enabled=update_g.on)
     state, decay = sc.step_ema(state, ema_decay)
     state = state.replace(step=state.step + 1)
     metrics = {f"{F}/loss": loss_f, f"{G}/loss": loss_g, f"{G}/updated": jnp.asarray(update_g.on, jnp.float32),

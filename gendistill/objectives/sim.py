@@ -144,12 +144,7 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
     return loss, {f"{F}/denoising_loss": loss}
 
   def generator_loss(params_g, params_f, teacher, labels, rng, *, shape):
-    rng_z, rng_drop, rng_sigma, rng_noise = jax.random.split(rng, 4)
-    z = jax.random.normal(rng_z, shape)
-    x_g = sc.generate(apply_g, params_g, z, cfg.sigma_init, labels, train=cfg.generator_dropout,
-                      rngs=sc.dropout_rngs(rng_drop))
-    sigma = sc.sid_sigma(rng_sigma, shape[0], cfg.t_max, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-    noise = jax.random.normal(rng_noise, shape)
+    x_g, sigma, noise = sc.generator_draw(apply_g, params_g, labels, jax.random.split(rng, 4), shape, cfg)
     real_fn = lambda x, s: teacher.apply_fn(teacher.params, x, s, labels)
     fake_fn = lambda x, s: apply_f(params_f, x, s, labels)
     per_sample, w = sim_generator_objective(x_g, sigma, noise, real_fn, fake_fn, **loss_kwargs)
@@ -161,17 +156,11 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
     rng_f, rng_g = state.step_rng(F, G)
     (loss_f, aux_f), grads_f = jax.value_and_grad(functools.partial(fake_loss, shape=x_real.shape), has_aux=True)(
         state.params[F], state.params[G], labels, rng_f)
-    if cfg.nan_to_num:   # counted first: a sanitised NaN is still a skipped update in the run's totals
-      state = state_lib.count_nonfinite(state, F, grads_f)
-      grads_f = sc.nan_to_num_grads(grads_f)
-    state, metrics_f = state_lib.apply_gradients(state, F, grads_f, tx[F])
+    state, metrics_f = sc.sanitised_update(state, F, grads_f, tx[F], cfg.nan_to_num)
     (loss_g, aux_g), grads_g = jax.value_and_grad(functools.partial(generator_loss, shape=x_real.shape),
                                                   has_aux=True)(state.params[G], state.params[F], teacher, labels,
                                                                 rng_g)
-    if cfg.nan_to_num:
-      state = state_lib.count_nonfinite(state, G, grads_g)
-      grads_g = sc.nan_to_num_grads(grads_g)
-    state, metrics_g = state_lib.apply_gradients(state, G, grads_g, tx[G])
+    state, metrics_g = sc.sanitised_update(state, G, grads_g, tx[G], cfg.nan_to_num)
     state, decay = sc.step_ema(state, ema_decay)
     state = state.replace(step=state.step + 1)
     return state, {f"{F}/loss": loss_f, f"{G}/loss": loss_g, f"{G}/ema_decay": decay, **aux_f, **aux_g,
