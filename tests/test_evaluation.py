@@ -86,8 +86,23 @@ def test_frechet_offset_fallback_warns(monkeypatch):
   monkeypatch.setattr(scipy.linalg, "sqrtm", failing_once)
   with pytest.warns(RuntimeWarning, match="singular or inaccurate"):
     got = frechet.frechet_distance(mu, s1, mu, s2)
-  assert len(calls) == 2
-  np.testing.assert_allclose(got, expected, rtol=1e-4)
+  assert len(calls) == 1                                 # the symmetric route replaced the failed square root
+  np.testing.assert_allclose(got, expected, rtol=1e-8)
+
+
+def test_frechet_of_singular_covariances_skips_scipy_sqrtm(monkeypatch):
+  """Fewer samples than dimensions: the exact symmetric route, without scipy's slow square root."""
+  rng = np.random.default_rng(5)
+  s1, s2 = _random_spd(rng, 64, rank=9), _random_spd(rng, 64, rank=13)
+  mu1, mu2 = rng.standard_normal(64), rng.standard_normal(64)
+  monkeypatch.setattr(scipy.linalg, "sqrtm", lambda a: pytest.fail("sqrtm called on a singular covariance"))
+  np.testing.assert_allclose(frechet.frechet_distance(mu1, s1, mu2, s2), _independent_frechet(mu1, s1, mu2, s2),
+                             rtol=1e-6)
+  # Commuting singular covariances: the closed form sum (sqrt(a) - sqrt(b))^2 over the eigenvalues.
+  q, _ = np.linalg.qr(rng.standard_normal((64, 64)))
+  a, b = np.r_[rng.uniform(0.5, 2, 9), np.zeros(55)], np.r_[np.zeros(5), rng.uniform(0.5, 2, 59)]
+  expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+  np.testing.assert_allclose(frechet.frechet_distance(mu1, (q * a) @ q.T, mu2, (q * b) @ q.T), expected, rtol=1e-6)
 
 
 def test_feature_statistics_unbiased():

@@ -6,11 +6,13 @@ Computed as EDM's `fid.py` and pytorch-fid do: float64 throughout, `scipy.linalg
 sigma1 @ sigma2, and the real part of the result. Statistics use the unbiased covariance
 (`np.cov(rowvar=False)`), as both of them do.
 
-If the square root fails (non-finite entries) or is inaccurate (relative residual ||X X - A||_F / ||A||_F above
-`rtol`), which happens when the product is singular or nearly so (e.g. fewer samples than feature dimensions),
-`eps * I` is added to both covariances and the square root is recomputed, as pytorch-fid does; a warning says so.
-A large imaginary part of the square root (pytorch-fid raises on it) is also reported by a warning; the real
-part is used regardless, as EDM does.
+When either covariance is singular (fewer samples than feature dimensions: rank <= N - 1), scipy's square root
+of the product is slow and unreliable, so the trace of the square root is taken by a symmetric route instead:
+with sigma1 = R R^T, the nonzero eigenvalues of sigma1 sigma2 are those of the positive semi-definite R^T sigma2 R,
+so Tr (sigma1 sigma2)^(1/2) is the sum of the square roots of that matrix's eigenvalues, exact for singular
+covariances too (and small: R has as many columns as sigma1's rank). The same route, with a warning, replaces scipy's result when that fails (non-finite entries) or
+is inaccurate (relative residual ||X X - A||_F / ||A||_F above `rtol`). A large imaginary part of scipy's square
+root (pytorch-fid raises on it) is reported by a warning; the real part is used, as EDM does.
 """
 import warnings
 
@@ -39,14 +41,35 @@ def _sqrtm_with_error(a):
   return root, residual / norm if norm > 0 else residual
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6, rtol=1e-3):
+def _positive_definite(a) -> bool:
+  try:
+    np.linalg.cholesky(a)
+    return True
+  except np.linalg.LinAlgError:
+    return False
+
+
+def _trace_sqrt_product(sigma1, sigma2) -> float:
+  """Tr (sigma1 sigma2)^(1/2) for symmetric positive semi-definite sigma1, sigma2, singular ones included.
+
+  With sigma1 = R R^T (R = V sqrt(w) over the numerical range of sigma1, rank r), sigma1 sigma2 has the nonzero
+  eigenvalues of the r x r matrix R^T sigma2 R, which is positive semi-definite: one D x D eigendecomposition,
+  the rest r x r. Put the lower-rank covariance first.
+  """
+  w, v = np.linalg.eigh(sigma1)
+  keep = w > max(w.max(), 0.0) * w.shape[0] * np.finfo(np.float64).eps   # np.linalg.matrix_rank's tolerance
+  root = v[:, keep] * np.sqrt(w[keep])
+  m = root.T @ sigma2 @ root
+  return float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None))))
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, rtol=1e-3):
   """Frechet distance (squared, as FID reports it) between N(mu1, sigma1) and N(mu2, sigma2), as a float.
 
   Args:
     mu1, mu2: means [D].
-    sigma1, sigma2: covariances [D, D].
-    eps: the diagonal offset added to both covariances when the square root of their product is not usable.
-    rtol: the relative residual of the square root above which it counts as not usable.
+    sigma1, sigma2: covariances [D, D] (symmetric positive semi-definite).
+    rtol: the relative residual of scipy's square root above which the symmetric route replaces it.
   """
   mu1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))
   mu2 = np.atleast_1d(np.asarray(mu2, dtype=np.float64))
@@ -57,25 +80,28 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6, rtol=1e-3):
   d = mu1.shape[0]
   if sigma1.shape != (d, d) or sigma2.shape != (d, d):
     raise ValueError(f"covariances must be [{d}, {d}], got {sigma1.shape} and {sigma2.shape}")
+  if not (np.all(np.isfinite(sigma1)) and np.all(np.isfinite(sigma2))):
+    raise FloatingPointError("Frechet distance: a covariance has non-finite entries")
 
   diff = mu1 - mu2
-  covmean, err = _sqrtm_with_error(sigma1 @ sigma2)
-  if not err <= rtol:
-    warnings.warn(
-        f"Frechet distance: sqrtm(sigma1 @ sigma2) is singular or inaccurate (relative residual {err:.3g}); "
-        f"adding {eps:g} to the diagonal of both covariances.",
-        RuntimeWarning, stacklevel=2)
-    offset = np.eye(d) * eps
-    covmean, err = _sqrtm_with_error((sigma1 + offset) @ (sigma2 + offset))
-    if not np.isfinite(err):
-      raise FloatingPointError("Frechet distance: sqrtm is not finite even with the diagonal offset")
-  if np.iscomplexobj(covmean):
-    max_imag = np.max(np.abs(np.diagonal(covmean).imag))
-    if max_imag > 1e-3:
-      warnings.warn(f"Frechet distance: sqrtm has a large imaginary component ({max_imag:.3g}); using the "
-                    "real part.", RuntimeWarning, stacklevel=2)
-    covmean = covmean.real
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+  trace_covmean = None
+  definite1, definite2 = _positive_definite(sigma1), _positive_definite(sigma2)
+  if definite1 and definite2:
+    covmean, err = _sqrtm_with_error(sigma1 @ sigma2)   # EDM's and pytorch-fid's computation
+    if err <= rtol:
+      if np.iscomplexobj(covmean):
+        max_imag = np.max(np.abs(np.diagonal(covmean).imag))
+        if max_imag > 1e-3:
+          warnings.warn(f"Frechet distance: sqrtm has a large imaginary component ({max_imag:.3g}); using the "
+                        "real part.", RuntimeWarning, stacklevel=2)
+        covmean = covmean.real
+      trace_covmean = float(np.trace(covmean))
+    else:
+      warnings.warn(f"Frechet distance: sqrtm(sigma1 @ sigma2) is singular or inaccurate (relative residual "
+                    f"{err:.3g}); using the symmetric eigenvalue route instead.", RuntimeWarning, stacklevel=2)
+  if trace_covmean is None:   # Tr (S1 S2)^(1/2) = Tr (S2 S1)^(1/2): decompose a singular one
+    trace_covmean = _trace_sqrt_product(*((sigma2, sigma1) if definite1 and not definite2 else (sigma1, sigma2)))
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
 
 
 def frechet_distance_from_features(features1, features2, **kwargs):
