@@ -111,6 +111,7 @@ def write_md(jsonl: str, md: str, command: str, only=()):
            + ".", ""]
   metrics = (("compile s", "compile_s", "{:.1f}"), ("step ms", "step_ms", "{:d}"), ("HLO MB", "hlo_chars", "{:.2f}"),
              ("fusions", "fusions", "{:d}"), ("`and` ops", "ands", "{:d}"))
+  metrics = tuple(m for m in metrics if any(m[1] in latest[k] for k in latest if k[1] in labels))   # no empty columns
   head = "| objective | " + " | ".join(f"{what} ({l})" for what, _, _ in metrics for l in labels) + \
       " | load (" + ", ".join(labels) + ") |"
   lines += [head, "|" + "---|" * (2 + len(metrics) * len(labels))]
