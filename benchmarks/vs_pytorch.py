@@ -423,6 +423,8 @@ def main():
     t0 = time.perf_counter()
     for what in measures:   # warm-up: compile (library), first call (torch)
       lib.run(what)
+      if what == "optimizer":   # its first output (committed arrays) is a new input signature: compiled again
+        lib.run(what)
       ask({"op": "time", "measure": what})
     warm_s = time.perf_counter() - t0
     load_before = load1()
