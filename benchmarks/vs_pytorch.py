@@ -26,8 +26,9 @@ With --profile, also the network passes and the optimizer alone (the time profil
   optimizer   Adam + EMA on the network's parameters from given gradients (library: state.apply_gradients with
               its finiteness test and ema_update; official: nan_to_num of the gradients, Adam.step, EMA lerp).
 From the medians: EDM step = grad params + optimizer + the rest; SiD iteration = forward + 2 grad input + 2 grad
-params (its network passes) + 2 optimizer steps + the rest. --dtype=bfloat16 runs the networks in bfloat16 on
-both sides (library: network.dtype; official: torch.autocast on the CPU).
+params (its network passes) + 2 optimizer steps + the rest. --dtype=bfloat16 runs the library's networks in
+bfloat16 (network.dtype) and the official side under torch.autocast; EDM's EDMPrecond asserts a float32 output
+outside its own use_fp16 path, so the official steps fail under autocast (the library's side alone is usable).
 Both sides run in turn, measure by measure, for --rounds rounds after warm-up (library: compile; torch: one call);
 the table gives medians and the ratio library / official (< 1: the library is faster), with the 1-minute load
 average before and after. Also reported: the compiled SiD step's convolutions and FLOPs against one forward pass.
