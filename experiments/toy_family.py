@@ -22,8 +22,10 @@ is rewritten from all of them into experiments/toy_family.md.
 
     .venv/bin/python experiments/toy_family.py --objectives=sid,dmd --seeds=100,101 --init=random
     .venv/bin/python experiments/toy_family.py --seeds=100-102 --init=edm
+    .venv/bin/python experiments/toy_family.py --table_only --extra_json=experiments/toy_family_newobj.json
 """
 import argparse
+import copy
 import hashlib
 import importlib
 import json
@@ -197,6 +199,24 @@ def load(path):
   return {"commands": [], "mixtures": {}, "edm": {}, "results": []}
 
 
+def with_extra(db, paths):
+  """A copy of `db` with the results (and mixtures, EDM rows, commands) of other result files added for the
+  table, e.g. another session's --out; on a clash of (objective, seed, init, config) `db`'s row wins."""
+  out = copy.deepcopy(db)
+  for path in paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"--extra_json {path!r} does not exist; give a results file that "
+                              "experiments/toy_family.py wrote (its --out plus .json).")
+    extra = load(path)
+    for section in ("mixtures", "edm"):
+      for seed, row in extra[section].items():
+        out[section].setdefault(seed, row)
+    have = {key(r) for r in out["results"]}
+    out["results"] += [r for r in extra["results"] if key(r) not in have]
+    out["commands"] += [c for c in extra["commands"] if c not in out["commands"]]
+  return out
+
+
 def fmt(s, key="ratio"):
   return f"{s[key + '_mean']:.2f} +- {s[key + '_std']:.2f}"
 
@@ -304,9 +324,11 @@ def main():
   parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (not as shipped)")
   parser.add_argument("--out", default=OUT)
   parser.add_argument("--table_only", action="store_true", help="rewrite the .md from the .json; run nothing")
+  parser.add_argument("--extra_json", action="append", default=[],
+                      help="another results .json whose rows the .md also shows (read, never written)")
   args = parser.parse_args()
   if args.table_only:
-    write_table(load(args.out + ".json"), args.out)
+    write_table(with_extra(load(args.out + ".json"), args.extra_json), args.out)
     return
   names = args.objectives.split(",")
   unknown = sorted(set(names) - set(OBJECTIVES))
@@ -334,7 +356,7 @@ def main():
       with open(args.out + ".json.tmp", "w") as f:
         json.dump(disk, f, indent=1)
       os.replace(args.out + ".json.tmp", args.out + ".json")
-      write_table(disk, args.out)
+      write_table(with_extra(disk, args.extra_json), args.out)
 
   for seed in parse_seeds(args.seeds):
     mixture = Mixture(seed, args)
