@@ -95,9 +95,10 @@ def scores(samples_per_draw, references, mixture):
   """Per-draw metrics of the samples of each draw against that draw's reference."""
   out = []
   for x, ref in zip(samples_per_draw, references):
-    m = toy_metrics(x, ref, mixture)
-    out.append({k: float(m[k]) for k in ("sliced_wasserstein", "num_modes_covered", "num_modes",
-                                         "high_quality_fraction", "mode_weights_tv")})
+    m = toy_metrics(x, ref, mixture, per_mode=True)
+    out.append({**{k: float(m[k]) for k in ("sliced_wasserstein", "num_modes_covered", "num_modes",
+                                            "high_quality_fraction", "mode_weights_tv")},
+                "missed": [int(i) for i in np.flatnonzero(~m["modes_covered"])]})
   return out
 
 
@@ -106,7 +107,9 @@ def summarise(draws, teacher_draws=None):
   s = {"sw_mean": float(sw.mean()), "sw_std": float(sw.std(ddof=1)) if len(sw) > 1 else 0.0,
        "modes_min": int(min(d["num_modes_covered"] for d in draws)), "num_modes": int(draws[0]["num_modes"]),
        "near": float(np.mean([d["high_quality_fraction"] for d in draws])),
-       "tv": float(np.mean([d["mode_weights_tv"] for d in draws])), "draws": draws}
+       "tv": float(np.mean([d["mode_weights_tv"] for d in draws])), "draws": draws,
+       # components missed in some draw (the family's last component is its small far mode); None: not recorded
+       "missed": (sorted({i for d in draws for i in d["missed"]}) if all("missed" in d for d in draws) else None)}
   if teacher_draws is not None:   # ratio of the mean SWs; spread: std of the per-draw ratios
     teacher_sw = np.array([d["sliced_wasserstein"] for d in teacher_draws])
     ratio = sw / teacher_sw
@@ -217,6 +220,14 @@ def with_extra(db, paths):
   return out
 
 
+def missed_text(s, weights):
+  """' (missed: far 0.05, 0.12)': the weights of the components missed in some draw, the far mode named."""
+  if not s.get("missed"):
+    return ""
+  names = [("far " if i == len(weights) - 1 else "") + f"{weights[i]:.2f}" for i in s["missed"]]
+  return f" (missed: {', '.join(names)})"
+
+
 def fmt(s, key="ratio"):
   return f"{s[key + '_mean']:.2f} +- {s[key + '_std']:.2f}"
 
@@ -278,13 +289,14 @@ def write_table(db, path):
 
   for seed in seeds:
     m = db["mixtures"][str(seed)]
+    weights = toy2d.family(seed).weights
     lines += [f"## family:{seed} ({'held-out' if seed in HELD_OUT_SEEDS else 'tuning'}; K = {m['true']['num_modes']})",
               "", "| run | init | steps | SW (x 1e-2) | SW / teacher | modes | mass TV | near | bar | pass | train "
               "steps | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     def row(label, init, steps, s, bar="-", ok="-", train_steps="-", seconds="-"):
       ratio = fmt(s) if "ratio_mean" in s else "1 (itself)" if label == "teacher (analytic, Heun NFE 35)" else "-"
       return (f"| {label} | {init} | {steps} | {100 * s['sw_mean']:.2f} +- {100 * s['sw_std']:.2f} | {ratio} | "
-              f"{s['modes_min']}/{s['num_modes']} | {s['tv']:.3f} | {s['near']:.3f} | {bar} | {ok} | {train_steps} | "
+              f"{s['modes_min']}/{s['num_modes']}{missed_text(s, weights)} | {s['tv']:.3f} | {s['near']:.3f} | {bar} | {ok} | {train_steps} | "
               f"{seconds} |")
     lines.append(row("true samples (noise floor)", "-", "-", {**m["true"]}))
     lines.append(row("teacher (analytic, Heun NFE 35)", "-", 35, m["teacher"]))
