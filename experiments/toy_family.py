@@ -306,7 +306,7 @@ def write_table(db, path):
     for r in sorted((r for r in db["results"] if r["seed"] == seed),
                     key=lambda r: (OBJECTIVES.index(r["objective"]), r["init"], r.get("finished", ""))):
       label = r["objective"]
-      if current[(r["objective"], r["seed"], r["init"])] is not r:
+      if current.get((r["objective"], r["seed"], r["init"])) is not r:
         label += f" (earlier preset, config {r.get('config_hash', '-')})"
       if "error" in r:
         lines.append(f"| {label} | {r['init']} | - | failed: {r['error'][:120]} | | | | | | | | |")
