@@ -22,6 +22,7 @@ sys.path.insert(0, ROOT)
 
 import gendistill  # noqa: E402,F401  (CPU flags before jax starts)
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base  # noqa: E402
@@ -87,6 +88,11 @@ def main():
   p.add_argument("--label", default="")
   p.add_argument("--out", default=os.path.join(ROOT, "experiments", "toy_collapse.jsonl"))
   p.add_argument("--save_samples", default="", help="an .npz for the final one-step samples")
+  p.add_argument("--online", action="store_true",
+                 help="also sample from the online parameters (the sampler uses the EMA): nfe1_online")
+  p.add_argument("--probe_sigmas", default="",
+                 help="comma-separated sigmas s: scores f(x + s z, s) of the sampled (EMA) network on fresh "
+                      "mixture samples x (one-step denoising from level s): probe_S")
   args = p.parse_args()
 
   mix = get_mixture(args.mixture)
@@ -107,6 +113,10 @@ def main():
   rng = np.random.default_rng(args.seed + 1000)
   bs = config.data.batch_size
   sample_steps = [int(s) for s in args.sample_steps.split(",")]
+  probe_sigmas = [float(v) for v in args.probe_sigmas.split(",") if v]
+  probe_x = jnp.asarray(mix.sample(args.num_samples, seed=4321), jnp.float32)
+  probe_z = jax.random.normal(jax.random.key(4322), probe_x.shape)
+  probe = jax.jit(lambda params, sigma: objective.apply_fn(params, probe_x + sigma * probe_z, sigma))
   history = []
   t0 = time.time()
   num_steps = config.train.num_steps
@@ -120,13 +130,21 @@ def main():
       row = {"step": step + 1, "seconds": round(time.time() - t0, 1),
              **{k: float(v) for k, v in jax.device_get(metrics).items()
                 if np.ndim(v) == 0 and ("loss" in k or "norm" in k)}}
-      for k in sample_steps:
-        e = evaluate(sample(state, jax.random.key(99), args.num_samples, None, k), mix, reference)
+      evals = [(f"nfe{k}", k, state) for k in sample_steps]
+      if args.online:   # the same sampler with every EMA role replaced by its online parameters
+        evals.append(("nfe1_online", 1, state.replace(ema={r: state.params[r] for r in state.ema})))
+      for name, k, st in evals:
+        e = evaluate(sample(st, jax.random.key(99), args.num_samples, None, k), mix, reference)
         e["sw_ratio"] = e["sw"] / teacher_sw
-        row[f"nfe{k}"] = e
-        print(f"  step {step + 1:5d} nfe{k}: SW/teacher {e['sw_ratio']:.2f} modes {e['modes']}/{len(mix.weights)} "
+        row[name] = e
+        print(f"  step {step + 1:5d} {name}: SW/teacher {e['sw_ratio']:.2f} modes {e['modes']}/{len(mix.weights)} "
               f"near {e['near']:.2f} tv {e['tv']:.3f} mean ({e['mean_x']:.2f},{e['mean_y']:.2f}) std "
               f"({e['std_x']:.2f},{e['std_y']:.2f}) nonfinite {e['nonfinite']} ({row['seconds']:.0f}s)", flush=True)
+      for sigma in probe_sigmas:   # where along the noise levels the network fails
+        e = evaluate(probe(state.ema[objective.export_role], jnp.float32(sigma)), mix, reference)
+        row[f"probe_{sigma:g}"] = e
+        print(f"  step {step + 1:5d} f(x + {sigma:g} z, {sigma:g}): modes {e['modes']}/{len(mix.weights)} near "
+              f"{e['near']:.2f} std ({e['std_x']:.2f},{e['std_y']:.2f})", flush=True)
       history.append(row)
   if args.save_samples:
     np.savez(args.save_samples, x=np.asarray(sample(state, jax.random.key(99), args.num_samples, None, 1)))

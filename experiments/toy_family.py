@@ -22,8 +22,10 @@ is rewritten from all of them into experiments/toy_family.md.
 
     .venv/bin/python experiments/toy_family.py --objectives=sid,dmd --seeds=100,101 --init=random
     .venv/bin/python experiments/toy_family.py --seeds=100-102 --init=edm
+    .venv/bin/python experiments/toy_family.py --table_only --extra_json=experiments/toy_family_newobj.json
 """
 import argparse
+import copy
 import hashlib
 import importlib
 import json
@@ -93,9 +95,10 @@ def scores(samples_per_draw, references, mixture):
   """Per-draw metrics of the samples of each draw against that draw's reference."""
   out = []
   for x, ref in zip(samples_per_draw, references):
-    m = toy_metrics(x, ref, mixture)
-    out.append({k: float(m[k]) for k in ("sliced_wasserstein", "num_modes_covered", "num_modes",
-                                         "high_quality_fraction", "mode_weights_tv")})
+    m = toy_metrics(x, ref, mixture, per_mode=True)
+    out.append({**{k: float(m[k]) for k in ("sliced_wasserstein", "num_modes_covered", "num_modes",
+                                            "high_quality_fraction", "mode_weights_tv")},
+                "missed": [int(i) for i in np.flatnonzero(~m["modes_covered"])]})
   return out
 
 
@@ -104,7 +107,9 @@ def summarise(draws, teacher_draws=None):
   s = {"sw_mean": float(sw.mean()), "sw_std": float(sw.std(ddof=1)) if len(sw) > 1 else 0.0,
        "modes_min": int(min(d["num_modes_covered"] for d in draws)), "num_modes": int(draws[0]["num_modes"]),
        "near": float(np.mean([d["high_quality_fraction"] for d in draws])),
-       "tv": float(np.mean([d["mode_weights_tv"] for d in draws])), "draws": draws}
+       "tv": float(np.mean([d["mode_weights_tv"] for d in draws])), "draws": draws,
+       # components missed in some draw (the family's last component is its small far mode); None: not recorded
+       "missed": (sorted({i for d in draws for i in d["missed"]}) if all("missed" in d for d in draws) else None)}
   if teacher_draws is not None:   # ratio of the mean SWs; spread: std of the per-draw ratios
     teacher_sw = np.array([d["sliced_wasserstein"] for d in teacher_draws])
     ratio = sw / teacher_sw
@@ -197,6 +202,32 @@ def load(path):
   return {"commands": [], "mixtures": {}, "edm": {}, "results": []}
 
 
+def with_extra(db, paths):
+  """A copy of `db` with the results (and mixtures, EDM rows, commands) of other result files added for the
+  table, e.g. another session's --out; on a clash of (objective, seed, init, config) `db`'s row wins."""
+  out = copy.deepcopy(db)
+  for path in paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"--extra_json {path!r} does not exist; give a results file that "
+                              "experiments/toy_family.py wrote (its --out plus .json).")
+    extra = load(path)
+    for section in ("mixtures", "edm"):
+      for seed, row in extra[section].items():
+        out[section].setdefault(seed, row)
+    have = {key(r) for r in out["results"]}
+    out["results"] += [r for r in extra["results"] if key(r) not in have]
+    out["commands"] += [c for c in extra["commands"] if c not in out["commands"]]
+  return out
+
+
+def missed_text(s, weights):
+  """' (missed: far 0.05, 0.12)': the weights of the components missed in some draw, the far mode named."""
+  if not s.get("missed"):
+    return ""
+  names = [("far " if i == len(weights) - 1 else "") + f"{weights[i]:.2f}" for i in s["missed"]]
+  return f" (missed: {', '.join(names)})"
+
+
 def fmt(s, key="ratio"):
   return f"{s[key + '_mean']:.2f} +- {s[key + '_std']:.2f}"
 
@@ -258,13 +289,14 @@ def write_table(db, path):
 
   for seed in seeds:
     m = db["mixtures"][str(seed)]
+    weights = toy2d.family(seed).weights
     lines += [f"## family:{seed} ({'held-out' if seed in HELD_OUT_SEEDS else 'tuning'}; K = {m['true']['num_modes']})",
               "", "| run | init | steps | SW (x 1e-2) | SW / teacher | modes | mass TV | near | bar | pass | train "
               "steps | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     def row(label, init, steps, s, bar="-", ok="-", train_steps="-", seconds="-"):
       ratio = fmt(s) if "ratio_mean" in s else "1 (itself)" if label == "teacher (analytic, Heun NFE 35)" else "-"
       return (f"| {label} | {init} | {steps} | {100 * s['sw_mean']:.2f} +- {100 * s['sw_std']:.2f} | {ratio} | "
-              f"{s['modes_min']}/{s['num_modes']} | {s['tv']:.3f} | {s['near']:.3f} | {bar} | {ok} | {train_steps} | "
+              f"{s['modes_min']}/{s['num_modes']}{missed_text(s, weights)} | {s['tv']:.3f} | {s['near']:.3f} | {bar} | {ok} | {train_steps} | "
               f"{seconds} |")
     lines.append(row("true samples (noise floor)", "-", "-", {**m["true"]}))
     lines.append(row("teacher (analytic, Heun NFE 35)", "-", 35, m["teacher"]))
@@ -274,7 +306,7 @@ def write_table(db, path):
     for r in sorted((r for r in db["results"] if r["seed"] == seed),
                     key=lambda r: (OBJECTIVES.index(r["objective"]), r["init"], r.get("finished", ""))):
       label = r["objective"]
-      if current[(r["objective"], r["seed"], r["init"])] is not r:
+      if current.get((r["objective"], r["seed"], r["init"])) is not r:
         label += f" (earlier preset, config {r.get('config_hash', '-')})"
       if "error" in r:
         lines.append(f"| {label} | {r['init']} | - | failed: {r['error'][:120]} | | | | | | | | |")
@@ -304,9 +336,11 @@ def main():
   parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (not as shipped)")
   parser.add_argument("--out", default=OUT)
   parser.add_argument("--table_only", action="store_true", help="rewrite the .md from the .json; run nothing")
+  parser.add_argument("--extra_json", action="append", default=[],
+                      help="another results .json whose rows the .md also shows (read, never written)")
   args = parser.parse_args()
   if args.table_only:
-    write_table(load(args.out + ".json"), args.out)
+    write_table(with_extra(load(args.out + ".json"), args.extra_json), args.out)
     return
   names = args.objectives.split(",")
   unknown = sorted(set(names) - set(OBJECTIVES))
@@ -334,7 +368,7 @@ def main():
       with open(args.out + ".json.tmp", "w") as f:
         json.dump(disk, f, indent=1)
       os.replace(args.out + ".json.tmp", args.out + ".json")
-      write_table(disk, args.out)
+      write_table(with_extra(disk, args.extra_json), args.out)
 
   for seed in parse_seeds(args.seeds):
     mixture = Mixture(seed, args)
