@@ -1,5 +1,7 @@
 """Digits benchmark of the score-distillation objectives: one-step generators distilled from the digits EDM
-teacher (`make demo` trains it into workdirs/demo/teacher), against the teacher's own Heun NFE-35 samples.
+teacher (`make demo` trains it into workdirs/demo/teacher), against the teacher's own Heun NFE-35 samples. The
+few-step objectives of FEW_STEP (sCT, sCD, MeanFlow) run the same way and are evaluated at 1 and 2 steps (rows
+'NAME, 2 steps').
 
 For each objective it trains with the objective's `digits` preset (generator and fake score start from the
 teacher), evaluates the generator's EMA every `--eval_every` steps on `--num_samples` class-balanced one-step
@@ -10,6 +12,8 @@ experiments/digits_score_distillation.md (and .json).
 
     .venv/bin/python experiments/digits_score_distillation.py --teacher=workdirs/demo/teacher
     .venv/bin/python experiments/digits_score_distillation.py --objectives=sid --steps=1000
+    .venv/bin/python experiments/digits_score_distillation.py --objectives=sct --steps=600 \\
+        --teacher_reference=experiments/results/OTHER_RUN.json   # reuse that run's teacher FDs (same draws)
 """
 import argparse
 import importlib
@@ -31,7 +35,12 @@ from gendistill import data as data_lib  # noqa: E402
 from gendistill import evaluation, objectives, teachers, train  # noqa: E402
 from gendistill.objectives.base import example_batch  # noqa: E402
 
-OBJECTIVES = ("sid", "sida", "diff_instruct", "dmd", "dmd2", "fdistill")
+OBJECTIVES = ("sid", "sida", "diff_instruct", "dmd", "dmd2", "fdistill", "sim")
+FEW_STEP = ("sct", "scd", "meanflow")   # also evaluated with 2 sampler steps
+
+
+def sampler_steps(name):
+  return (1, 2) if name in FEW_STEP else (1,)
 
 
 def draws(sample, seeds):
@@ -89,16 +98,19 @@ def run_one(name, args, teacher_fd):
   ratio = max(int(config.objective[name].get("generator_every", 1)), 1)
 
   def evaluate(step, seconds):
-    samples, labels = train.generate(objective, state, jax.random.key(args.seed + 1), args.num_samples, 250,
-                                     dataset.spec.num_classes)
-    m = {k: float(v) for k, v in evaluation.digits_metrics(samples, labels).items()}
-    row = {"step": step, "generator_updates": (step + ratio - 1) // ratio, "train_seconds": seconds, **m}
-    print(f"  {name:14s} step {step:5d} digits_fd {m['digits_fd']:.3f} acc {m.get('class_accuracy', float('nan')):.3f}"
-          f" ({seconds:.0f}s)", flush=True)
-    return row
+    """{sampler steps: metrics row} of the generator's EMA now."""
+    rows = {}
+    for n in sampler_steps(name):
+      samples, labels = train.generate(objective, state, jax.random.key(args.seed + 1), args.num_samples, 250,
+                                       dataset.spec.num_classes, n)
+      m = {k: float(v) for k, v in evaluation.digits_metrics(samples, labels).items()}
+      rows[n] = {"step": step, "generator_updates": (step + ratio - 1) // ratio, "train_seconds": seconds, **m}
+      print(f"  {name:14s} {n}-step, step {step:5d} digits_fd {m['digits_fd']:.3f} acc "
+            f"{m.get('class_accuracy', float('nan')):.3f} ({seconds:.0f}s)", flush=True)
+    return rows
 
-  history = [evaluate(0, 0.0)]
-  seconds, reached = 0.0, None
+  histories = {n: [row] for n, row in evaluate(0, 0.0).items()}
+  seconds, reached = 0.0, {n: None for n in histories}
   t0 = time.time()
   state, _ = step_fn(state, next(it), teacher)
   jax.block_until_ready(state)
@@ -109,21 +121,23 @@ def run_one(name, args, teacher_fd):
     if (step + 1) % args.eval_every == 0 or step + 1 == config.train.num_steps:
       jax.block_until_ready(state)
       seconds += time.time() - t0
-      row = evaluate(step + 1, seconds)
-      row.update({k: float(v) for k, v in jax.device_get(metrics).items() if k.endswith("loss")})
-      history.append(row)
-      if reached is None and row["digits_fd"] <= teacher_fd:
-        reached = row
+      losses = {k: float(v) for k, v in jax.device_get(metrics).items() if k.endswith("loss")}
+      for n, row in evaluate(step + 1, seconds).items():
+        histories[n].append({**row, **losses})
+        if reached[n] is None and row["digits_fd"] <= teacher_fd:
+          reached[n] = row
     else:
       seconds += time.time() - t0
-  best = min(history, key=lambda r: r["digits_fd"])
-  label = name + (f" ({args.label})" if args.label else "")
-  final_draws = draws(lambda key: train.generate(objective, state, key, args.num_samples, 250,
-                                                 dataset.spec.num_classes), draw_seeds(args))
-  return {"objective": label, "final": history[-1], "best": best, "reached": reached, "history": history,
-          "final_draws": final_draws,
-          "compile_seconds": compile_seconds, "num_steps": config.train.num_steps,
-          "batch_size": config.data.batch_size}
+  results = []
+  for n, history in histories.items():
+    label = name + (f", {n} steps" if n > 1 else "") + (f" ({args.label})" if args.label else "")
+    final_draws = draws(lambda key, n=n: train.generate(objective, state, key, args.num_samples, 250,
+                                                        dataset.spec.num_classes, n), draw_seeds(args))
+    results.append({"objective": label, "sampler_steps": n, "final": history[-1],
+                    "best": min(history, key=lambda r: r["digits_fd"]), "reached": reached[n], "history": history,
+                    "final_draws": final_draws, "compile_seconds": compile_seconds,
+                    "num_steps": config.train.num_steps, "batch_size": config.data.batch_size})
+  return results
 
 
 def write_table(args, ref, results, runs=()):
@@ -134,7 +148,8 @@ def write_table(args, ref, results, runs=()):
       f"{''.join(' --set=' + s for s in getattr(args, 'set', []))}` on a "
       "2-core CPU (shared with other jobs: times are indicative). Digits FD: Frechet distance of the embedded digits "
       f"classifier's features, {args.num_samples} class-balanced samples against the real digits. One-step samples "
-      "of each generator's EMA; 'reached' is the first evaluation with FD no worse than the teacher's Heun NFE 35.",
+      "of each generator's EMA (rows 'NAME, 2 steps': two sampler steps); 'reached' is the first evaluation with FD "
+      "no worse than the teacher's Heun NFE 35.",
       "", f"Teacher, Heun NFE {ref['nfe']}: digits FD {ref['digits_fd']:.3f}, class accuracy "
       f"{ref.get('class_accuracy', float('nan')):.3f}, {ref['sampling_seconds']:.1f} s for {args.num_samples} samples"
       + (f"; over {len(ref['final_draws']['seeds'])} more draws {_mean_sd(ref['final_draws'])}."
@@ -153,7 +168,7 @@ def write_table(args, ref, results, runs=()):
                  f"{b['digits_fd']:.3f} ({b['step']}) | "
                  f"{f.get('class_accuracy', float('nan')):.3f} | {where} | {r['num_steps']} | {r['batch_size']} | "
                  f"{f['train_seconds']:.0f} |")
-  lines += ["", "Digits FD by step (one-step samples of the generator's EMA):", ""]
+  lines += ["", "Digits FD by step (samples of the generator's EMA; one step unless the row says 2):", ""]
   lines += [f"- {r['objective']}: " + ", ".join(f"{h['step']}: {h['digits_fd']:.2f}" for h in r["history"])
             for r in results]
   print(results_md.write(args.out + ".md", lines))
@@ -181,22 +196,46 @@ def main():
                       help="config override KEY=VALUE (JSON value), e.g. objective.sid.alpha=1.0; repeatable")
   parser.add_argument("--label", default="", help="a note shown next to the objective's name in the table")
   parser.add_argument("--merge", default="", help="comma-separated .json files: only write their merged table")
+  parser.add_argument("--teacher_reference", default="",
+                      help="a .json of an earlier run of this script with the same teacher, --num_samples, --seed and "
+                           "--final_draws: reuse its teacher metrics instead of sampling the teacher again")
   parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "digits_score_distillation"))
   args = parser.parse_args()
   if args.merge:
     merge(args.merge.split(","), args)
     return
+  names = args.objectives.split(",")
+  unknown = sorted(set(names) - set(OBJECTIVES + FEW_STEP))
+  if unknown:
+    parser.error(f"unknown objectives {unknown}; known: {', '.join(OBJECTIVES + FEW_STEP)}")
   if not os.path.exists(os.path.join(args.teacher, "config.json")):
     sys.exit(f"No digits teacher in {args.teacher!r}: run `make demo` (or train configs/edm.py:digits) first.")
-  ref = teacher_metrics(args.teacher, args.num_samples, args.seed, seeds=draw_seeds(args))
+  if args.teacher_reference:
+    ref = reuse_teacher_reference(args)
+  else:
+    ref = teacher_metrics(args.teacher, args.num_samples, args.seed, seeds=draw_seeds(args))
   print(f"teacher Heun NFE {ref['nfe']}: digits FD {ref['digits_fd']:.3f}", flush=True)
   results = []
-  for name in args.objectives.split(","):
-    results.append(run_one(name, args, ref["digits_fd"]))
+  with open(args.out + ".json", "w") as f:   # the teacher's metrics now: another run may reuse them meanwhile
+    json.dump({"args": vars(args), "teacher": ref, "results": results}, f, indent=1)
+  for name in names:
+    results += run_one(name, args, ref["digits_fd"])
     with open(args.out + ".json", "w") as f:   # after every objective: a partial benchmark keeps what it has
       json.dump({"args": vars(args), "teacher": ref, "results": results}, f, indent=1)
     jax.clear_caches()   # each objective's compiled programs hold GBs of host memory
   write_table(args, ref, results)
+
+
+def reuse_teacher_reference(args):
+  """The teacher metrics of an earlier run's .json, after checking that they were made on the same draws."""
+  with open(args.teacher_reference) as f:
+    saved = json.load(f)
+  for key in ("teacher", "num_samples", "seed", "final_draws"):
+    if saved["args"].get(key) != getattr(args, key):
+      sys.exit(f"--teacher_reference={args.teacher_reference}: its run had {key}={saved['args'].get(key)!r}, this "
+               f"one has {getattr(args, key)!r}; the teacher FDs must come from the same teacher and draws (rerun "
+               "without --teacher_reference, or with matching flags).")
+  return saved["teacher"]
 
 
 def merge(paths, args):
