@@ -22,7 +22,7 @@ is rewritten from all of them into experiments/toy_family.md.
 
     .venv/bin/python experiments/toy_family.py --objectives=sid,dmd --seeds=100,101 --init=random
     .venv/bin/python experiments/toy_family.py --seeds=100-102 --init=edm
-    .venv/bin/python experiments/toy_family.py --table_only --extra_json=experiments/toy_family_newobj.json
+    .venv/bin/python experiments/toy_family.py --table_only --extra_json=OTHER.json   # rows of another results file too
 """
 import argparse
 import copy
