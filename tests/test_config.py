@@ -97,27 +97,3 @@ def test_command_line_errors_name_the_key(override, named, tmp_path):
        f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert named in result.stderr + result.stdout
-
-
-def test_learning_rate_decay_follows_the_runs_length_from_the_command_line(monkeypatch):
-  """The toy SiD/SiDA presets decay both learning rates over the run: a longer run set on the command line
-  decays over its own length, not over the preset's 3000 steps."""
-  from absl import flags   # pylint: disable=g-import-not-at-top
-  from gendistill import main, presets   # pylint: disable=g-import-not-at-top
-  argv = ["main", f"--config={os.path.join(ROOT, 'configs', 'sid.py')}:toy2d", "--workdir=unused",
-          "--config.train.num_steps=5000"]
-  monkeypatch.setattr(sys, "argv", argv)   # ml_collections reads the --config.* overrides from sys.argv
-  try:
-    main.parse_flags(argv)
-    from_cli = main._CONFIG.value   # pylint: disable=protected-access
-  finally:
-    flags.FLAGS.unparse_flags()
-  sida = presets.load("configs/sida.py:toy2d")
-  assert sida.objective.sida.generator_optimizer.decay_steps == 3000
-  sida.train.num_steps = 5000
-  for config in (from_cli, sida):
-    name = config.objective.name
-    section = config.objective[name]
-    assert config.train.num_steps == 5000
-    assert section.generator_optimizer.decay_steps == section.fake_score_optimizer.decay_steps == 5000
-    assert json.loads(config.to_json())["objective"][name]["generator_optimizer"]["decay_steps"] == 5000
