@@ -10,9 +10,10 @@ When either covariance is singular (fewer samples than feature dimensions: rank 
 of the product is slow and unreliable, so the trace of the square root is taken by a symmetric route instead:
 with sigma1 = R R^T, the nonzero eigenvalues of sigma1 sigma2 are those of the positive semi-definite R^T sigma2 R,
 so Tr (sigma1 sigma2)^(1/2) is the sum of the square roots of that matrix's eigenvalues, exact for singular
-covariances too (and small: R has as many columns as sigma1's rank). The same route, with a warning, replaces scipy's result when that fails (non-finite entries) or
-is inaccurate (relative residual ||X X - A||_F / ||A||_F above `rtol`). A large imaginary part of scipy's square
-root (pytorch-fid raises on it) is reported by a warning; the real part is used, as EDM does.
+covariances too (and small: R has as many columns as sigma1's rank). The same route, with a warning, replaces
+scipy's result when that fails (non-finite entries) or is inaccurate (relative residual ||X X - A||_F / ||A||_F
+above `rtol`). A large imaginary part of scipy's square root (pytorch-fid raises on it) is reported by a warning;
+the real part is used, as EDM does.
 """
 import warnings
 

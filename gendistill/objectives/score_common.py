@@ -115,7 +115,7 @@ def generate(apply_fn, params, z, sigma_init, labels, train=False, rngs=None):
 
 
 def generator_draw(apply_g, params_g, labels, keys, shape, cfg, *, sigma_kind="sid"):
-  """The draws of one generator half-step (SiD, SiM, Diff-Instruct): x_g = G(sigma_init z) with the generator's
+  """The draws of one generator half-step (SiD, SIM, Diff-Instruct): x_g = G(sigma_init z) with the generator's
   dropout as configured, the diffusion level sigma (SiD's t-schedule, or EDM's log-normal) and the noise n.
   keys = (z, dropout, sigma, noise) keys; cfg holds sigma_init, generator_dropout and the sigma settings."""
   rng_z, rng_drop, rng_sigma, rng_noise = keys
