@@ -83,7 +83,7 @@ def build_config(name: str, dataset: str, switches, chips: int):
     elif s.startswith("fsdp"):
       c.mesh.update(data=-1, fsdp=int(s[4:]))
     elif s == "quick":
-      pass   # a compiler option, not a config change: see child()
+      pass   # a compiler option (topology.QUICK), not a config change: see child()
     elif s == "smoke":
       c.network.update(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(size // 2,))
       c.data.batch_size = 4 * chips
@@ -98,10 +98,8 @@ def child(run: str):
   from gendistill import topology  # pylint: disable=g-import-not-at-top
   name, dataset, topo, switches = parse_run(run)
   config, spec = build_config(name, dataset, switches, len(topology.devices(topo)))
-  if "quick" in switches:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_exec_time_optimization_effort", -1.0)
-  report = topology.compile_step(config, spec, topo)
+  report = topology.compile_step(config, spec, topo,
+                                 compiler_options=topology.QUICK if "quick" in switches else None)
   usage = resource.getrusage(resource.RUSAGE_SELF)   # CPU time of the whole child (all threads): the compile's cost
   row = dict(run=run, status="compiled", paper_images=config.train.num_steps * config.data.batch_size,
              cpu_s=usage.ru_utime + usage.ru_stime, **report.row())

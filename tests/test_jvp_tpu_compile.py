@@ -29,7 +29,7 @@ def _compile(name, arg, spec, remat, dtype):
   assert ("bf16" in hlo) == (dtype == "bfloat16")
   assert "optimization_barrier" in hlo    # remat's mark in the lowered step
   with jax.set_mesh(sharded.mesh):
-    compiled = lowered.compile()
+    compiled = lowered.compile(topology.QUICK)    # lowering and sharding are what is tested, not XLA's effort
   assert dict(sharded.mesh.shape) == {"data": 2, "fsdp": 2}
   cost = compiled.cost_analysis()
   assert (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"] > 0
