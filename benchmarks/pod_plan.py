@@ -16,9 +16,10 @@ EDM's ADM for ImageNet-64; edm:imagenet64 is that ADM network trained with `edm`
   fsdpN      mesh fsdp=N, data=the rest
   smoke      a tiny network of the same architecture and a batch of 4 per chip (checks that a preset compiles,
              in seconds, before its paper-scale compile)
-  quick      compile with XLA's lowest execution-time optimisation effort (jax_exec_time_optimization_effort
-             -1): about half the compile time here; FLOPs and collectives are unchanged, temporaries come out
-             larger (2.1x on the ECT smoke step, side by side in the table), so read its memory as pessimistic
+  quick      compile with XLA's lowest execution-time optimisation effort (topology.QUICK): minutes instead of
+             hours at paper scale; FLOPs and collectives unchanged, temporaries within 4% of the default's (EDM and
+             ECT CIFAR-10 side by side in the table; 2.1x on the tiny smoke step), but XLA counts 0.62-0.65x the
+             HBM bytes, so the roofline of an HBM-bound quick row is optimistic by up to ~1.6x
 Each compile runs in its own process with --timeout seconds (paper-scale steps compile slowly on a small
 CPU); a row is written to --out (JSON lines, appended) as soon as it finishes or times out, and --md renders
 every row of --out.
