@@ -183,8 +183,9 @@ def lower_step(config: ml_collections.ConfigDict, spec, topology: str, teacher: 
     return sharded, sharded.lower_step(config.data.batch_size)
 
 
-# XLA's lowest execution-time optimisation effort: paper-scale steps compile many times faster on a small CPU
-# (CD CIFAR-10: ~2 min instead of an hour or more) with the same FLOPs and collectives; temporaries come out larger.
+# XLA's lowest execution-time optimisation effort: paper-scale steps compile in minutes instead of hours on a small
+# CPU, with the same FLOPs and collectives and temporaries within a few percent (benchmarks/pod_plan.md); XLA's
+# count of HBM bytes comes out lower, so a roofline from it is optimistic.
 QUICK = {"exec_time_optimization_effort": -1.0}
 
 
@@ -192,7 +193,7 @@ def compile_step(config: ml_collections.ConfigDict, spec, topology: str, teacher
                  compiler_options: Optional[dict] = None) -> StepReport:
   """Compiles the train step of a run of `config` (global batch config.data.batch_size) for the TPU slice
   `topology` and reports its per-chip memory, work and traffic (see the module docstring). `compiler_options`
-  go to `Lowered.compile` (QUICK for a fast compile with pessimistic temporaries)."""
+  go to `Lowered.compile` (QUICK for a fast compile)."""
   t0 = time.time()
   sharded, lowered = lower_step(config, spec, topology, teacher)
   with jax.set_mesh(sharded.mesh):
