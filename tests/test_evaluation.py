@@ -73,7 +73,7 @@ def test_frechet_general_matches_independent_computation():
                              _independent_frechet(np.zeros(16), s1, np.zeros(16), s2), rtol=1e-5, atol=1e-6)
 
 
-def test_frechet_offset_fallback_warns(monkeypatch):
+def test_frechet_failed_sqrtm_falls_back_to_the_symmetric_route_with_a_warning(monkeypatch):
   rng = np.random.default_rng(3)
   mu, s1, s2 = rng.standard_normal(4), _random_spd(rng, 4), _random_spd(rng, 4)
   expected = _independent_frechet(mu, s1, mu, s2)
