@@ -144,10 +144,14 @@ def get_config(arg: str = "digits"):
     o.fake_score_optimizer.update(lr=1e-3, decay_steps=c.train.num_steps)
     o.ema.update(halflife_kimg=20.0)
   elif dataset == "digits":
+    # The recipe measured in experiments/digits_score_distillation.md: lr 1e-4 for both networks decayed to 0 by a
+    # cosine over the run (a constant rate stalled at FD 3.4-3.8), EMA half-life 20 kimg with ramp-up 0.25; at
+    # 5000 steps the one-step student matched its teacher's Heun NFE 35. A shorter run: set decay_steps too.
     o.update(alpha=1.2, sigma_init=2.5)
-    o.generator_optimizer.update(lr=2e-5)
-    o.fake_score_optimizer.update(lr=2e-5)
-    o.ema.update(halflife_kimg=10.0)
+    c.train.num_steps = 5000
+    for opt in (o.generator_optimizer, o.fake_score_optimizer):
+      opt.update(lr=1e-4, decay_steps=c.train.num_steps)
+    o.ema.update(halflife_kimg=20.0, rampup_ratio=0.25)
   elif dataset == "cifar10":
     o.update(alpha=1.2, sigma_init=2.5, t_max=800)
     o.generator_optimizer.update(lr=1e-5, b1=0.0)
