@@ -17,6 +17,7 @@ def get_config(arg: str = "digits"):
     o.weighting = "vsd"
   if dataset == "toy2d":
     o.update(sigma_init=2.5)
+    c.train.num_steps = sid_config.TOY_SCORE_STEPS
     o.generator_optimizer.update(lr=2e-4)
     o.fake_score_optimizer.update(lr=1e-3)
     o.ema.update(halflife_kimg=20.0)

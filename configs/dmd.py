@@ -17,6 +17,7 @@ def get_config(arg: str = "digits"):
   if dataset == "toy2d":
     # weight_min: as configs/sid.py:toy2d, the normaliser mean|x - mu_real| averages only 2 coordinates here.
     o.update(regression_pairs=4096, regression_batch_size=256, weight_min=0.05)
+    c.train.num_steps = sid_config.TOY_SCORE_STEPS
     o.generator_optimizer.update(lr=2e-4, warmup_steps=100)
     o.fake_score_optimizer.update(lr=1e-3, warmup_steps=100)
     o.ema.update(halflife_kimg=20.0, decay=0.999)

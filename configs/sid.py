@@ -78,6 +78,12 @@ def use_teacher(c, preset: str, workdir: str = ""):
     o.init = "teacher"
 
 
+# Run length of the one-step score-distillation presets on toy mixtures (sid, sida, diff_instruct, dmd, sim). At
+# 3000 steps the small thin modes of held-out-like mixtures were still 1.5-3.5x too wide across their narrow axis;
+# twice the steps sharpened them (experiments/toy_family.md, tuning runs). dmd2 and f-distill set their own.
+TOY_SCORE_STEPS = 6000
+
+
 def distillation_config(objective: str, arg: str):
   """(config, dataset, flags) with everything but the method's own hyper-parameters set."""
   dataset, flags, teacher = parse(arg)
@@ -137,6 +143,7 @@ def get_config(arg: str = "digits"):
     # alpha 1.0 (the official AFHQ and SiDA value): with alpha 1.2 the loss has the term -0.2 ||y_r - y_f||^2,
     # which a generator can lower by running away from a lagging fake score; on the 5x5 grid that happened.
     o.update(alpha=1.0, sigma_init=2.5, weight_min=0.05)
+    c.train.num_steps = TOY_SCORE_STEPS
     # Generator lr 5e-4 (was 1e-4) with both rates decayed to 0 by a cosine over the run: from random weights
     # (the analytic teacher has no network to copy) 1e-4 left anisotropic modes twice too wide after 3000 steps;
     # 1e-3 sharpens more but drops a small far mode (experiments/toy_collapse.md). A longer run: set decay_steps too.

@@ -16,6 +16,7 @@ def get_config(arg: str = "digits"):
   b = c.data.batch_size
   if dataset == "toy2d":
     o.update(weight_min=0.05)   # as configs/sid.py:toy2d, learning rates included
+    c.train.num_steps = sid_config.TOY_SCORE_STEPS
     o.generator_optimizer.update(lr=5e-4, decay_steps=c.train.num_steps)
     o.fake_score_optimizer.update(lr=1e-3, decay_steps=c.train.num_steps)
     o.ema.update(halflife_kimg=20.0)

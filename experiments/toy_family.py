@@ -98,8 +98,13 @@ def scores(samples_per_draw, references, mixture):
     m = toy_metrics(x, ref, mixture, per_mode=True)
     out.append({**{k: float(m[k]) for k in ("sliced_wasserstein", "num_modes_covered", "num_modes",
                                             "high_quality_fraction", "mode_weights_tv")},
-                "missed": [int(i) for i in np.flatnonzero(~m["modes_covered"])]})
+                "missed": [int(i) for i in np.flatnonzero(~m["modes_covered"])],
+                "thin_width_max": _nanmax(m["thin_axis_width"])})
   return out
+
+
+def _nanmax(x):
+  return float(np.nanmax(x)) if np.any(np.isfinite(x)) else None
 
 
 def summarise(draws, teacher_draws=None):
@@ -108,6 +113,9 @@ def summarise(draws, teacher_draws=None):
        "modes_min": int(min(d["num_modes_covered"] for d in draws)), "num_modes": int(draws[0]["num_modes"]),
        "near": float(np.mean([d["high_quality_fraction"] for d in draws])),
        "tv": float(np.mean([d["mode_weights_tv"] for d in draws])), "draws": draws,
+       # the widest mode across its narrowest axis (x the true width), mean over draws; None: not recorded
+       "thin": (float(np.mean([d["thin_width_max"] for d in draws]))
+                if all(d.get("thin_width_max") is not None for d in draws) else None),
        # components missed in some draw (the family's last component is its small far mode); None: not recorded
        "missed": (sorted({i for d in draws for i in d["missed"]}) if all("missed" in d for d in draws) else None)}
   if teacher_draws is not None:   # ratio of the mean SWs; spread: std of the per-draw ratios
@@ -144,13 +152,29 @@ def relative(path):
   return os.path.relpath(path, ROOT)
 
 
-def edm_workdir(mixture, args):
-  """configs/edm.py:toy2d trained on the mixture (cached): the network the students start from with --init=edm."""
+def edm_config(seed, args):
+  """configs/edm.py:toy2d on family:SEED and its workdir (named by the config's hash)."""
   config = importlib.import_module("configs.edm").get_config("toy2d")
-  config.data.toy2d_kind = mixture.kind
+  config.data.toy2d_kind = f"family:{seed}"
   if args.edm_steps:
     config.train.num_steps = args.edm_steps
-  workdir = os.path.join(args.workdir, "edm", f"{mixture.kind.replace(':', '_')}_{config_hash(config)}")
+  return config, os.path.join(args.workdir, "edm", f"family_{seed}_{config_hash(config)}")
+
+
+def run_config(name, seed, init, args):
+  """The objective's toy2d preset on family:SEED, started from the EDM run of the mixture with init 'edm', with
+  the --set overrides."""
+  config = importlib.import_module(f"configs.{name}").get_config("toy2d")
+  config.data.toy2d_kind = f"family:{seed}"                 # only the data is overridden
+  if init == "edm":
+    sid_config.init_from(config, edm_config(seed, args)[1])  # what the preset flag init=DIR sets
+  base.override(config, args.set)
+  return config
+
+
+def edm_workdir(mixture, args):
+  """configs/edm.py:toy2d trained on the mixture (cached): the network the students start from with --init=edm."""
+  config, workdir = edm_config(mixture.seed, args)
   t0 = time.time()
   state = train.train_and_evaluate(config, workdir)
   edm = teachers.from_workdir(workdir)
@@ -160,13 +184,9 @@ def edm_workdir(mixture, args):
   return workdir, {**row, "seconds": time.time() - t0, "workdir": relative(workdir)}
 
 
-def run_one(name, mixture, args, init_dir):
+def run_one(name, mixture, args):
   """Trains the objective's toy2d preset on the mixture with the launcher's train_and_evaluate; scores it."""
-  config = importlib.import_module(f"configs.{name}").get_config("toy2d")
-  config.data.toy2d_kind = mixture.kind                     # only the data is overridden
-  if init_dir:
-    sid_config.init_from(config, init_dir)                  # what the preset flag init=DIR sets
-  base.override(config, args.set)
+  config = run_config(name, mixture.seed, args.init, args)
   workdir = os.path.join(args.workdir, args.init, name, f"{mixture.kind.replace(':', '_')}_{config_hash(config)}")
   t0 = time.time()
   state = train.train_and_evaluate(config, workdir)
@@ -187,11 +207,17 @@ def key(r):
   return (r["objective"], r["seed"], r["init"], r.get("config_hash", "-"))
 
 
-def latest(results):
-  """The newest row of each (objective, seed, init): the preset as it is now; older rows are superseded presets."""
-  out = {}
+def current_rows(results, args):
+  """The newest row of each (objective, seed, init) that ran the preset as it is now (its config hash); rows of
+  earlier presets or with --set overrides are not in it."""
+  shipped = argparse.Namespace(**{**vars(args), "set": []})
+  out, hashes = {}, {}
   for r in sorted(results, key=lambda r: r.get("finished", "")):
-    out[(r["objective"], r["seed"], r["init"])] = r
+    k = (r["objective"], r["seed"], r["init"])
+    if k not in hashes:
+      hashes[k] = config_hash(run_config(*k, shipped))
+    if r.get("config_hash") == hashes[k]:
+      out[k] = r
   return out
 
 
@@ -243,7 +269,7 @@ def rescore(db):
       s["pass"] = passes(r["objective"], s)
 
 
-def write_table(db, path):
+def write_table(db, path, args):
   rescore(db)
   seeds = sorted({int(s) for s in db["mixtures"]})
   held = [s for s in seeds if s in HELD_OUT_SEEDS]
@@ -257,7 +283,9 @@ def write_table(db, path):
       "projections) to a fresh reference draw of the true mixture; `SW / teacher`: the mean SW over the mean SW of "
       "the exact analytic teacher's Heun NFE-35 samples on the same draws (+- the std of the per-draw ratios); modes found in "
       "every draw (of K), mode-weight TV (mass error), fraction of samples within 3 std (Mahalanobis) of a mode "
-      "(`near`). Bar: score students (and IGN/GAN, reported against it) <= 1.5x, all modes, near >= 0.9; "
+      "(`near`), the widest mode across its narrowest axis as a multiple of the true width (`widest thin axis`: "
+      "1x is exact; the spread of the samples nearest to each mode within 6 std, evaluation.toy_metrics."
+      "thin_axis_widths; '-' for rows scored before it was recorded). Bar: score students (and IGN/GAN, reported against it) <= 1.5x, all modes, near >= 0.9; "
       "consistency/progressive students <= 2x with all modes at 1 and at 2 steps. `init`: random = the preset as "
       "shipped; edm = students start from configs/edm.py:toy2d trained on the same mixture (teacher.init_workdir).",
       "", "Commands:", ""]
@@ -270,7 +298,7 @@ def write_table(db, path):
             "| objective | init | steps | mixtures | SW / teacher median (min - max) | all modes | near | pass |",
             "|---|---|---|---|---|---|---|---|"]
   keyed = {}
-  current = latest(db["results"])
+  current = current_rows(db["results"], args)
   for r in current.values():
     if "error" not in r and r["seed"] in held:
       for steps, s in r["steps"].items():
@@ -291,12 +319,13 @@ def write_table(db, path):
     m = db["mixtures"][str(seed)]
     weights = toy2d.family(seed).weights
     lines += [f"## family:{seed} ({'held-out' if seed in HELD_OUT_SEEDS else 'tuning'}; K = {m['true']['num_modes']})",
-              "", "| run | init | steps | SW (x 1e-2) | SW / teacher | modes | mass TV | near | bar | pass | train "
-              "steps | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "", "| run | init | steps | SW (x 1e-2) | SW / teacher | modes | mass TV | near | widest thin axis | bar "
+              "| pass | train steps | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     def row(label, init, steps, s, bar="-", ok="-", train_steps="-", seconds="-"):
       ratio = fmt(s) if "ratio_mean" in s else "1 (itself)" if label == "teacher (analytic, Heun NFE 35)" else "-"
       return (f"| {label} | {init} | {steps} | {100 * s['sw_mean']:.2f} +- {100 * s['sw_std']:.2f} | {ratio} | "
-              f"{s['modes_min']}/{s['num_modes']}{missed_text(s, weights)} | {s['tv']:.3f} | {s['near']:.3f} | {bar} | {ok} | {train_steps} | "
+              f"{s['modes_min']}/{s['num_modes']}{missed_text(s, weights)} | {s['tv']:.3f} | {s['near']:.3f} | "
+              f"{'-' if s.get('thin') is None else format(s['thin'], '.2f') + 'x'} | {bar} | {ok} | {train_steps} | "
               f"{seconds} |")
     lines.append(row("true samples (noise floor)", "-", "-", {**m["true"]}))
     lines.append(row("teacher (analytic, Heun NFE 35)", "-", 35, m["teacher"]))
@@ -307,9 +336,9 @@ def write_table(db, path):
                     key=lambda r: (OBJECTIVES.index(r["objective"]), r["init"], r.get("finished", ""))):
       label = r["objective"]
       if current.get((r["objective"], r["seed"], r["init"])) is not r:
-        label += f" (earlier preset, config {r.get('config_hash', '-')})"
+        label += f" (not the current preset: config {r.get('config_hash', '-')})"
       if "error" in r:
-        lines.append(f"| {label} | {r['init']} | - | failed: {r['error'][:120]} | | | | | | | | |")
+        lines.append(f"| {label} | {r['init']} | - | failed: {r['error'][:120]} | | | | | | | | | |")
         continue
       for steps, s in r["steps"].items():
         bar = f"{BAR[r['group']]}x" + ("" if r["group"] == "few_step" else f", near >= {NEAR_BAR}")
@@ -340,7 +369,7 @@ def main():
                       help="another results .json whose rows the .md also shows (read, never written)")
   args = parser.parse_args()
   if args.table_only:
-    write_table(with_extra(load(args.out + ".json"), args.extra_json), args.out)
+    write_table(with_extra(load(args.out + ".json"), args.extra_json), args.out, args)
     return
   names = args.objectives.split(",")
   unknown = sorted(set(names) - set(OBJECTIVES))
@@ -368,7 +397,7 @@ def main():
       with open(args.out + ".json.tmp", "w") as f:
         json.dump(disk, f, indent=1)
       os.replace(args.out + ".json.tmp", args.out + ".json")
-      write_table(with_extra(disk, args.extra_json), args.out)
+      write_table(with_extra(disk, args.extra_json), args.out, args)
 
   for seed in parse_seeds(args.seeds):
     mixture = Mixture(seed, args)
@@ -385,7 +414,7 @@ def main():
         print(f"  {name}: skipped with --init=edm (its init starts from no network)", flush=True)
         continue
       try:
-        r = run_one(name, mixture, args, init_dir)
+        r = run_one(name, mixture, args)
       except Exception as e:  # pylint: disable=broad-except   # a failed run is a row of the table, not the end
         traceback.print_exc()
         r = {"objective": name, "group": group(name), "seed": seed, "init": args.init, "config_hash": "-",

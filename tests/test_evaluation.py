@@ -367,3 +367,20 @@ def test_save_scatter(tmp_path):
     assert im.size[0] > 100 and im.size[1] > 100
   grid.save_scatter(rng.standard_normal((10, 2)), tmp_path / "plain.png", lim=3)
   assert (tmp_path / "plain.png").stat().st_size > 0
+
+
+def test_thin_axis_width_is_the_spread_across_each_modes_narrowest_axis():
+  rng = np.random.default_rng(3)
+  angle = 0.6
+  rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  stds = np.array([[0.05, 0.5], [0.2, 0.3]])            # mode 0 thin along its rotated first axis
+  means = np.array([[0.0, 0.0], [3.0, 0.0]])
+  covs = np.stack([rot @ np.diag(s ** 2) @ rot.T for s in stds])
+  widen = np.array([[2.0, 1.0], [1.0, 1.0]])            # mode 0 twice too wide across its thin axis only
+  samples = np.concatenate([m + (rng.standard_normal((4000, 2)) * s * w) @ rot.T
+                            for m, s, w in zip(means, stds, widen)])
+  width = mixture_metrics(samples, [0.5, 0.5], means, covs)["thin_axis_width"]
+  np.testing.assert_allclose(width, [2.0, 1.0], rtol=0.05)
+  exact = np.concatenate([m + (rng.standard_normal((4000, 2)) * s) @ rot.T for m, s in zip(means, stds)])
+  np.testing.assert_allclose(mixture_metrics(exact, [0.5, 0.5], means, covs)["thin_axis_width"], 1.0, rtol=0.05)
+  assert "thin_axis_width" not in toy_metrics(exact, exact, (np.array([0.5, 0.5]), means, covs))   # scalars only

@@ -156,6 +156,7 @@ def mixture_metrics(samples, weights, means, covs, quality_radius=3.0, coverage_
   mode_weights = np.bincount(nearest, minlength=k) / n
   good_weights = np.bincount(nearest[good], minlength=k) / n
   covered = good_weights >= coverage_threshold * weights
+  thin = thin_axis_widths(samples, nearest, r[np.arange(n), nearest], means, covs)
   return {
       "num_modes": int(k),
       "num_modes_covered": int(covered.sum()),
@@ -165,7 +166,23 @@ def mixture_metrics(samples, weights, means, covs, quality_radius=3.0, coverage_
       "mode_weights_true": weights,
       "mode_weights_tv": float(0.5 * np.abs(mode_weights - weights).sum()),
       "mode_weight_ratio_min": float(np.min(mode_weights / weights)),
+      "thin_axis_width": thin,
   }
+
+
+def thin_axis_widths(samples, nearest, distance, means, covs, window=6.0, min_count=20):
+  """[K]: per component, the std of its samples along the component's narrowest axis over the true std there
+  (1 for a perfect mode, 2: twice too wide across it; nan with fewer than `min_count` samples). Its samples: the
+  points nearest to it within `window` Mahalanobis units, so that points between modes do not set the width
+  (the true value of a Gaussian truncated at 6 units is 1.000)."""
+  x = _as_points(samples, "samples")
+  out = np.full(len(means), np.nan)
+  for k, (mean, cov) in enumerate(zip(np.asarray(means, np.float64), np.asarray(covs, np.float64))):
+    mine = (nearest == k) & (distance <= window)
+    if mine.sum() >= min_count:
+      values, vectors = np.linalg.eigh(cov)
+      out[k] = np.std((x[mine] - mean) @ vectors[:, 0]) / np.sqrt(values[0])
+  return out
 
 
 def toy_metrics(samples, reference, mixture=None, *, num_projections=256, max_pairwise=5000, seed=0,
@@ -181,11 +198,12 @@ def toy_metrics(samples, reference, mixture=None, *, num_projections=256, max_pa
     max_pairwise: sets larger than this are subsampled (seeded) for MMD and energy distance; None: never.
     seed: for the projections and the subsampling.
     per_mode: also return the per-component arrays (modes_covered [K] bool, mode_weights [K],
-      mode_weights_true [K]); off by default so that every value is a scalar a metrics writer can float().
+      mode_weights_true [K], thin_axis_width [K]); off by default so that every value is a scalar a metrics writer can float().
   Returns:
     a dict of floats/ints: mmd2, sliced_wasserstein, energy_distance, and with a mixture num_modes,
     num_modes_covered, high_quality_fraction, mode_weights_tv, mode_weight_ratio_min (min_k of sample weight /
-    true weight: 0 if a mode is dropped).
+    true weight: 0 if a mode is dropped); with per_mode also thin_axis_width [K] (each mode's width across its
+    narrowest axis as a multiple of the true width; see thin_axis_widths).
   """
   x, y = _as_points(samples, "samples"), _as_points(reference, "reference")
   rng = np.random.default_rng(seed)
