@@ -285,7 +285,8 @@ def write_table(db, path, args):
       "every draw (of K), mode-weight TV (mass error), fraction of samples within 3 std (Mahalanobis) of a mode "
       "(`near`), the widest mode across its narrowest axis as a multiple of the true width (`widest thin axis`: "
       "1x is exact; the spread of the samples nearest to each mode within 6 std, evaluation.toy_metrics."
-      "thin_axis_widths; '-' for rows scored before it was recorded). Bar: score students (and IGN/GAN, reported against it) <= 1.5x, all modes, near >= 0.9; "
+      "thin_axis_widths; '-' for rows scored before it was recorded). Bar: score students (and IGN/GAN, "
+      "reported against it) <= 1.5x, all modes, near >= 0.9; "
       "consistency/progressive students <= 2x with all modes at 1 and at 2 steps. `init`: random = the preset as "
       "shipped; edm = students start from configs/edm.py:toy2d trained on the same mixture (teacher.init_workdir).",
       "", "Commands:", ""]

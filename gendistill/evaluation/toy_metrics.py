@@ -198,7 +198,8 @@ def toy_metrics(samples, reference, mixture=None, *, num_projections=256, max_pa
     max_pairwise: sets larger than this are subsampled (seeded) for MMD and energy distance; None: never.
     seed: for the projections and the subsampling.
     per_mode: also return the per-component arrays (modes_covered [K] bool, mode_weights [K],
-      mode_weights_true [K], thin_axis_width [K]); off by default so that every value is a scalar a metrics writer can float().
+      mode_weights_true [K], thin_axis_width [K]); off by default so that every value is a scalar a metrics
+      writer can float().
   Returns:
     a dict of floats/ints: mmd2, sliced_wasserstein, energy_distance, and with a mixture num_modes,
     num_modes_covered, high_quality_fraction, mode_weights_tv, mode_weight_ratio_min (min_k of sample weight /
