@@ -133,7 +133,6 @@ def finish(c, flags):
   return c
 
 
-
 def get_config(arg: str = "digits"):
   c, dataset, flags = distillation_config("sid", arg)
   o = c.objective.sid
@@ -170,3 +169,20 @@ def get_config(arg: str = "digits"):
     o.fake_score_optimizer.update(lr=4e-6, b1=0.0)
     o.ema.update(halflife_kimg=2000.0, rampup_ratio=0.05)
   return finish(c, flags)
+
+
+def set_digits_steps(config, num_steps: int):
+  """The digits preset's run length, and its settings for a run shorter than the preset's (`make demo`'s 200
+  steps). The recipe (lr 1e-4 decayed to 0 over 5000 steps, EMA ramp-up 0.25) is for a full run; over 200 steps
+  a constant lr 2e-5 with EMA half-life 10 kimg and ramp-up 0.05 ends better: digits FD 6.25 +- 0.39 against
+  7.04 +- 0.60 for the recipe decayed over 200 steps (three draws of 1000 samples; experiments/digits_demo.md)."""
+  o = config.objective.sid
+  optimizers = (o.generator_optimizer, o.fake_score_optimizer)
+  if num_steps < config.train.num_steps:
+    for opt in optimizers:
+      opt.update(lr=2e-5, decay_steps=0)
+    o.ema.update(halflife_kimg=10.0, rampup_ratio=0.05)
+  else:   # the recipe, its decay stretched over the longer run
+    for opt in optimizers:
+      opt.decay_steps = num_steps
+  config.train.num_steps = num_steps

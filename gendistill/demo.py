@@ -41,27 +41,10 @@ def stage_configs(workdir: str):
   if _TEACHER_STEPS.value:
     teacher.train.num_steps = _TEACHER_STEPS.value
   if _STUDENT_STEPS.value is not None:
-    set_student_steps(student, _STUDENT_STEPS.value)
+    sid.set_digits_steps(student, _STUDENT_STEPS.value)
   for c in (teacher, student):
     c.eval.num_samples = _SAMPLES.value
   return teacher, student
-
-
-def set_student_steps(config, num_steps: int):
-  """SiD's run length, and its settings for a run shorter than the preset's. The preset's recipe (lr 1e-4 decayed
-  to 0 over its 5000 steps, EMA ramp-up 0.25) is for a full run; over the demo's 200 steps a constant lr 2e-5 with
-  EMA half-life 10 kimg and ramp-up 0.05 ends better: digits FD 6.25 +- 0.39 against 7.04 +- 0.60 for the recipe
-  decayed over the 200 steps (three draws of 1000 samples; experiments/digits_demo.md)."""
-  o = config.objective.sid
-  optimizers = (o.generator_optimizer, o.fake_score_optimizer)
-  if num_steps < config.train.num_steps:
-    for opt in optimizers:
-      opt.update(lr=2e-5, decay_steps=0)
-    o.ema.update(halflife_kimg=10.0, rampup_ratio=0.05)
-  else:   # the recipe, its decay stretched over the longer run
-    for opt in optimizers:
-      opt.decay_steps = num_steps
-  config.train.num_steps = num_steps
 
 
 def final_eval(run_dir: str) -> dict:

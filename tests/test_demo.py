@@ -1,6 +1,5 @@
 """`make demo`'s SiD stage: the preset's recipe for a full run, measured short-run settings for the demo's."""
 from configs import sid as sid_config
-from gendistill import demo
 
 
 def _rates(config):
@@ -17,7 +16,7 @@ def test_the_digits_preset_is_the_measured_recipe():
 
 def test_a_shorter_demo_run_uses_the_short_run_settings():
   config = sid_config.get_config("digits")
-  demo.set_student_steps(config, 200)
+  sid_config.set_digits_steps(config, 200)
   assert config.train.num_steps == 200
   assert _rates(config) == [(2e-5, 0)] * 2             # constant
   assert (config.objective.sid.ema.halflife_kimg, config.objective.sid.ema.rampup_ratio) == (10.0, 0.05)
@@ -25,9 +24,9 @@ def test_a_shorter_demo_run_uses_the_short_run_settings():
 
 def test_a_longer_demo_run_stretches_the_recipe_decay():
   config = sid_config.get_config("digits")
-  demo.set_student_steps(config, 8000)
+  sid_config.set_digits_steps(config, 8000)
   assert config.train.num_steps == 8000
   assert _rates(config) == [(1e-4, 8000)] * 2
   unchanged = sid_config.get_config("digits")
-  demo.set_student_steps(unchanged, 5000)
+  sid_config.set_digits_steps(unchanged, 5000)
   assert unchanged.to_dict() == sid_config.get_config("digits").to_dict()
