@@ -24,7 +24,8 @@ def get_config(arg: str = "digits"):
     o.update(start_scales=10, end_scales=80)
     # Adam lr 1e-3 decayed to 0 by a cosine over the run, not a constant 3e-3: at 3e-3 (and at a constant 1e-3)
     # the whole network broke mid-run, at every noise level from 0.5 up, and the online target let that spread
-    # into a one-step map of one point (experiments/toy_family.md, "iCT's collapse"); with the decay no episode.
+    # into a one-step map of one point; with the decay, no such episode on the tuning mixtures
+    # (experiments/toy_family.md).
     o.optimizer.update(name="adam", lr=1e-3, b2=0.995, decay_steps=c.train.num_steps)
   elif dataset == "digits":
     o.update(start_scales=10, end_scales=1280)
