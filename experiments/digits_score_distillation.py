@@ -52,7 +52,8 @@ def draws(sample, seeds):
   metrics = lambda x, y: {k: float(v) for k, v in evaluation.digits_metrics(x, y).items()}
   rows = [metrics(*out) for out in outs]
   fds = np.array([r["digits_fd"] for r in rows])
-  pooled = metrics(np.concatenate([np.asarray(x) for x, _ in outs]), np.concatenate([np.asarray(y) for _, y in outs]))
+  labels = None if outs[0][1] is None else np.concatenate([np.asarray(y) for _, y in outs])  # None: unconditional
+  pooled = metrics(np.concatenate([np.asarray(x) for x, _ in outs]), labels)
   return {"seeds": list(seeds), "draws": rows, "digits_fd_mean": float(fds.mean()),
           "digits_fd_sd": float(fds.std(ddof=1)) if len(fds) > 1 else 0.0, "pooled": pooled}
 
@@ -216,7 +217,10 @@ def main():
   unknown = sorted(set(names) - set(OBJECTIVES + FEW_STEP))
   if unknown:
     parser.error(f"unknown objectives {unknown}; known: {', '.join(OBJECTIVES + FEW_STEP)}")
-  if not os.path.exists(os.path.join(args.teacher, "config.json")):
+  # The teacher is read to sample it (no --teacher_reference) or for the students it teaches; IGN and the
+  # adversarial generator with a reused reference never touch it.
+  needs_teacher = not args.teacher_reference or any(n not in TEACHER_FREE for n in names)
+  if needs_teacher and not os.path.exists(os.path.join(args.teacher, "config.json")):
     sys.exit(f"No digits teacher in {args.teacher!r}: run `make demo` (or train configs/edm.py:digits) first.")
   if args.teacher_reference:
     ref = reuse_teacher_reference(args)
