@@ -378,6 +378,8 @@ def main():
     parser.error(f"unknown objectives {unknown}; known: {', '.join(OBJECTIVES)}")
   db = {"commands": [], "mixtures": {}, "edm": {}, "results": []}   # this invocation's; save() merges
   command = "python experiments/toy_family.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--out"))
+  if os.path.abspath(args.out) != OUT:   # another results file: its command must name it to reproduce it
+    command += f" --out={relative(os.path.abspath(args.out))}"
   if args.set:
     command += "  # not as shipped: --set overrides"
   if command not in db["commands"]:
