@@ -20,13 +20,22 @@ def get_config(arg: str = "digits"):
     o.denoising_timesteps = (999, 749, 499, 249)
   apply_method_settings(c, o, dataset, flags)
   if dataset == "toy2d" and "fewstep" not in flags:
-    # DMD's regression loss on teacher ODE pairs (as configs/dmd.py:toy2d): DMD2 drops it because its students
-    # start from the teacher; from random weights its one-step generator locked onto 2-3 of 6 modes within 1000
-    # steps and a 100x GAN weight did not free it (experiments/toy_collapse.md).
-    o.update(regression_weight=0.25, regression_pairs=4096, regression_batch_size=256)
-    if "smoke" in flags:   # as configs/dmd.py's smoke: a few pairs, not 4096 Heun solves at init
-      o.update(regression_pairs=8, regression_batch_size=4, regression_chunk=8)
+    one_step_toy_settings(o, flags)
   return sid_config.finish(c, flags)
+
+
+def one_step_toy_settings(o, flags):
+  """DMD's regression loss and a generator update every step, for one-step toy students from random weights.
+
+  DMD2 drops the regression because its students start from the teacher; from random weights its one-step
+  generator locked onto 2-3 of 6 modes within 1000 steps and a 100x GAN weight did not free it
+  (experiments/toy_collapse.md), and f-distill without it lost the small far mode of every held-out mixture. With
+  the regression but DMD2's 5:1 update rule (1000 generator updates in 5000 steps) both still missed small modes
+  of the tuning mixtures; one generator update per step found them (experiments/toy_family.md, tuning runs).
+  """
+  o.update(regression_weight=0.25, regression_pairs=4096, regression_batch_size=256, generator_every=1)
+  if "smoke" in flags:   # as configs/dmd.py's smoke: a few pairs, not 4096 Heun solves at init
+    o.update(regression_pairs=8, regression_batch_size=4, regression_chunk=8)
 
 
 def apply_method_settings(c, o, dataset: str, flags):

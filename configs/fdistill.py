@@ -3,6 +3,7 @@
 Datasets as configs/sid.py; DIVERGENCE is one of gendistill.objectives.score_common.F_DIVERGENCES (default: js;
 forward_kl is the paper's best on CIFAR-10, js on ImageNet-64). Method settings follow DMD2's (dmd2.py) with the
 generator's adversarial weight 1e-3 and TTUR 5 [paper; only NVIDIA's reimplementation is public, unverified].
+toy2d (students from random weights) adds DMD's regression loss and updates the generator every step.
 """
 from configs import dmd2 as dmd2_config
 from configs import sid as sid_config
@@ -20,4 +21,6 @@ def get_config(arg: str = "digits"):
   dmd2_config.apply_method_settings(c, o, dataset, flags)
   if dataset == "cifar10" and not any(n in flags for n in score_common.F_DIVERGENCES):
     o.divergence = "forward_kl"
+  if dataset == "toy2d":
+    dmd2_config.one_step_toy_settings(o, flags)
   return sid_config.finish(c, flags)

@@ -310,8 +310,10 @@ def test_students_start_as_copies_of_a_matching_teacher():
 
 
 def test_ttur_generator_changes_once_in_r_steps_while_fake_score_and_critic_change_every_step():
-  _, dataset, teacher, objective, state, step = _setup("dmd2")
-  r = 5   # the dmd2 preset's TTUR: G updates on steps 0, 5, 10, ...
+  # The few-step preset keeps DMD2's TTUR (the one-step toy preset updates G every step): G on steps 0, 5, 10, ...
+  config, dataset, teacher, objective, state, step = _setup("dmd2", arg="toy2d,smoke,fewstep")
+  r = config.objective.dmd2.generator_every
+  assert r == 5
   it = dataset.iterator()
   state, _ = step(state, next(it), teacher)   # step 0 (its learning rates are 0: the warm-ups start at 0)
   changes = {"generator": 0, "fake_score": 0, "critic": 0}
@@ -345,9 +347,10 @@ def test_sida_warm_up_freezes_the_generator_then_turns_the_gan_term_on():
 
 
 def test_fdistill_with_reverse_kl_takes_the_dmd2_step():
-  # Without the toy dmd2 preset's regression loss, which f-distill's preset does not have.
-  _, dataset, teacher, _, dmd2_state, dmd2_step = _setup("dmd2", regression_weight=0.0, regression_pairs=0)
-  _, _, _, _, f_state, f_step = _setup("fdistill", divergence="reverse_kl", gen_gan_weight=3e-3)
+  # Both without the toy presets' regression loss: this compares the distribution-matching and GAN terms.
+  no_regression = {"regression_weight": 0.0, "regression_pairs": 0}
+  _, dataset, teacher, _, dmd2_state, dmd2_step = _setup("dmd2", **no_regression)
+  _, _, _, _, f_state, f_step = _setup("fdistill", divergence="reverse_kl", gen_gan_weight=3e-3, **no_regression)
   jax.tree.map(np.testing.assert_array_equal, dmd2_state.params, f_state.params)
   batch = next(dataset.iterator())
   s1, m1 = dmd2_step(dmd2_state, batch, teacher)
