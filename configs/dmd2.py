@@ -19,8 +19,6 @@ def get_config(arg: str = "digits"):
   if "fewstep" in flags:
     o.denoising_timesteps = (999, 749, 499, 249)
   apply_method_settings(c, o, dataset, flags)
-  if dataset == "toy2d" and "fewstep" not in flags:
-    one_step_toy_settings(o, flags)
   return sid_config.finish(c, flags)
 
 
@@ -49,6 +47,8 @@ def apply_method_settings(c, o, dataset: str, flags):
     o.critic_optimizer.update(lr=1e-3, warmup_steps=100)
     o.ema.update(halflife_kimg=20.0)
     c.train.num_steps = 5000
+    if "fewstep" not in flags:
+      one_step_toy_settings(o, flags)
   elif dataset == "digits":
     o.generator_optimizer.update(lr=2e-5, warmup_steps=20)
     o.fake_score_optimizer.update(lr=2e-5, warmup_steps=100)

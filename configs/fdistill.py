@@ -21,6 +21,4 @@ def get_config(arg: str = "digits"):
   dmd2_config.apply_method_settings(c, o, dataset, flags)
   if dataset == "cifar10" and not any(n in flags for n in score_common.F_DIVERGENCES):
     o.divergence = "forward_kl"
-  if dataset == "toy2d":
-    dmd2_config.one_step_toy_settings(o, flags)
   return sid_config.finish(c, flags)
