@@ -29,6 +29,10 @@ Noise levels:
 Distances: 'l2' and 'l1' are means over the elements of a sample (the official CM code), 'pseudo_huber' is
 sqrt(||d||_2^2 + c^2) - c with c = huber_c sqrt(dim) (iCT: 0.00054 sqrt(dim); ECT: c = 0, the L2 norm).
 LPIPS (the CM paper's best distance) is not available here: this library has no LPIPS network.
+Without a teacher the target is random given x_t (one data sample x), and the distance decides what the fixed
+point estimates: the mean of squares gives the mean of the target (the ideal denoiser's ODE); a norm (ECT's c = 0,
+iCT's c that is tiny against 2-D errors) gives a geometric median of it. In image dimensions the norm varies little
+between samples and the two are close; in 2-D the median moves mass between modes, so the toy presets use 'l2'.
 
 Where paper and official code differ (the official code is the default; the switch gives the paper):
 - ct: mu(k)'s exponent uses N'(k) = N(k) - 1 (`paper_mu=True`: N(k)).

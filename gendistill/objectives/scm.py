@@ -22,7 +22,8 @@ The continuous-time objective (the paper's Algorithm 1, with theta^- = sg[theta]
   sCD: dx_t/dt = sigma_d F_teacher (the teacher's PF-ODE velocity, optionally CFG-guided);
   (F^-, T) = jvp(F_theta^-, (x_t, t), (cos t sin t dx_t/dt, cos t sin t))   -> T = cos t sin t dF^-/dt;
   g = -cos^2(t) (sigma_d F^- - dx_t/dt) - r (cos t sin t x_t + sigma_d T),    r = min(1, step / warmup_steps);
-  g <- g / (||g|| + c)   (tangent normalisation, c = 0.1; or clipping to [-1, 1]);
+  g <- g / (||g|| + c)   (tangent normalisation, c = 0.1; or clipping to [-1, 1]; or none: in 2-D sCT's tangent,
+                          random given x_t, would be averaged as a median, not a mean: the toy preset's 'none');
   L = E_t [ lambda(t) e^{-w_phi(t)} mean_pix (F_theta - F^- - g)^2 + w_phi(t) ],   lambda(t) = 1/(sigma_d tan t).
 g = cos(t) d f^-/dt, so grad L = -2 E[lambda e^{-w} grad F_theta^T g]: the gradient of the continuous-time
 consistency loss (zero when f is constant along the ODE; tested on a Gaussian's exact f). w_phi is the learned
