@@ -312,3 +312,24 @@ def test_objective_steps_and_samples_on_toy2d(name):
     assert out.shape == (7, 2) and bool(jnp.all(jnp.isfinite(out)))
   assert objective.export_role == "generator"
   assert cm.sample_sigmas(_setup(name)[0].objective[name], 3)[-1] > _setup(name)[0].objective[name].sigma_min
+
+
+def test_squared_distance_fits_the_mean_of_a_random_target_and_the_norm_a_median():
+  """Why the toy presets of ect/ict use 'l2': with a target that is random given the input, the mean of squares is
+  stationary at the target's mean, the L2 norm (pseudo-Huber with c = 0) at its geometric median instead."""
+  rng = np.random.default_rng(0)
+  # A skewed 2-D target: most mass at one point, a little far away (two modes behind one input).
+  y = np.concatenate([rng.normal(0.0, 0.05, (900, 2)), rng.normal(4.0, 0.05, (100, 2))]).astype(np.float32)
+  mean = jnp.asarray(y.mean(0))
+
+  def grad_at(a, kind, c=0.0):
+    return jax.grad(lambda a: jnp.mean(cm.distance(a[None] - jnp.asarray(y), kind, c)))(a)
+
+  np.testing.assert_allclose(grad_at(mean, "l2"), 0.0, atol=1e-5)
+  assert float(jnp.linalg.norm(grad_at(mean, "pseudo_huber"))) > 0.5   # the norm pulls the mean back ...
+  median = jnp.zeros(2)
+  for _ in range(200):                                                # ... to the geometric median (Weiszfeld)
+    w = 1.0 / jnp.maximum(jnp.linalg.norm(jnp.asarray(y) - median, axis=1), 1e-6)
+    median = jnp.sum(w[:, None] * y, 0) / jnp.sum(w)
+  assert float(jnp.linalg.norm(grad_at(median, "pseudo_huber"))) < 0.05
+  assert float(jnp.linalg.norm(median - mean)) > 0.3
