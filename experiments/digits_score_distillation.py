@@ -175,12 +175,18 @@ def write_table(args, ref, results, runs=()):
              else "not reached")
     lines.append(f"| {r['objective']} | {f['digits_fd']:.3f} | {_mean_sd(r.get('final_draws'))} | "
                  f"{b['digits_fd']:.3f} ({b['step']}) | "
-                 f"{f.get('class_accuracy', float('nan')):.3f} | {where} | {r['num_steps']} | {r['batch_size']} | "
+                 f"{_accuracy(f)} | {where} | {r['num_steps']} | {r['batch_size']} | "
                  f"{f['train_seconds']:.0f} |")
   lines += ["", "Digits FD by step (samples of the generator's EMA; one step unless the row says 2):", ""]
   lines += [f"- {r['objective']}: " + ", ".join(f"{h['step']}: {h['digits_fd']:.2f}" for h in r["history"])
             for r in results]
   print(results_md.write(args.out + ".md", lines))
+
+
+def _accuracy(metrics) -> str:
+  """Class accuracy, or '-' for an unconditional generator (no labels to score against)."""
+  acc = metrics.get("class_accuracy", float("nan"))
+  return "- (unconditional)" if np.isnan(acc) else f"{acc:.3f}"
 
 
 def _mean_sd(d):
