@@ -52,8 +52,9 @@ def main():
   p.add_argument("--num_samples", type=int, default=4000)
   p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "toy_init_split.jsonl"))
   args = p.parse_args()
-  if args.seed not in toy_family.TUNING_SEEDS:
-    raise SystemExit(f"--seed={args.seed} is not a tuning seed {toy_family.TUNING_SEEDS}: diagnose on those only.")
+  for name, seed in (("seed", args.seed), ("other_seed", args.other_seed)):
+    if seed not in toy_family.TUNING_SEEDS and not (name == "other_seed" and seed < 0):
+      raise SystemExit(f"--{name}={seed} is not a tuning seed {toy_family.TUNING_SEEDS}: diagnose on those only.")
   fam = types.SimpleNamespace(draws=args.draws, num_samples=args.num_samples, edm_steps=0, set=[],
                               workdir=os.path.join(ROOT, "workdirs", "toy_family"))
   mixture = toy_family.Mixture(args.seed, fam)
