@@ -60,6 +60,12 @@ def init_from(c, workdir: str):
     o.init = "teacher"
 
 
+def from_network(flags) -> bool:
+  """Whether the preset flag `init=DIR` starts the students from a trained network (else, on toy2d, from random
+  weights: the analytic teacher has none to copy), for settings that differ between the two starts."""
+  return any(flag.startswith("init=") for flag in flags)
+
+
 def use_teacher(c, preset: str, workdir: str = ""):
   """The published teacher `preset` (gendistill.convert.presets) as the run's teacher: its architecture becomes
   the `network` section (so the students start from the teacher), its resolution and conditioning the data's,

@@ -164,10 +164,17 @@ def edm_config(seed, args):
 def run_config(name, seed, init, args):
   """The objective's toy2d preset on family:SEED, started from the EDM run of the mixture with init 'edm', with
   the --set overrides."""
-  config = importlib.import_module(f"configs.{name}").get_config("toy2d")
+  module = importlib.import_module(f"configs.{name}")
+  if init != "edm":
+    config = module.get_config("toy2d")
+  else:
+    init_dir = edm_config(seed, args)[1]
+    try:
+      config = module.get_config(f"toy2d,init={init_dir}")   # the preset flag: it may set init-specific rates
+    except ValueError:   # a preset without a teacher takes no init= flag (adversarial): set what the flag sets
+      config = module.get_config("toy2d")
+      sid_config.init_from(config, init_dir)
   config.data.toy2d_kind = f"family:{seed}"                 # only the data is overridden
-  if init == "edm":
-    sid_config.init_from(config, edm_config(seed, args)[1])  # what the preset flag init=DIR sets
   base.override(config, args.set)
   return config
 

@@ -38,3 +38,11 @@ def test_sid_toy_learning_rates_decay_within_the_run():
     o = config.objective[name]
     for opt in (o.generator_optimizer, o.fake_score_optimizer):
       assert 0 < opt.decay_steps <= config.train.num_steps, (name, opt.decay_steps)
+
+
+def test_dmd_toy_generator_rate_is_larger_from_random_weights():
+  # From random weights the one-step generator needs a 10x larger step to sharpen its modes; from a trained
+  # network (init=DIR) that step diverged (experiments/toy_family.md, findings).
+  from_random = _preset("dmd").objective.dmd.generator_optimizer.lr
+  from_network = _preset("dmd", "toy2d,init=runs/edm").objective.dmd.generator_optimizer.lr
+  assert from_random >= 5 * from_network, (from_random, from_network)
