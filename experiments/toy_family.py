@@ -425,6 +425,9 @@ def main():
         continue
       try:
         r = run_one(name, mixture, args)
+      except train.Preempted:   # stopped from outside: stop here too (a rerun resumes), not a row of the table
+        save()
+        raise
       except Exception as e:  # pylint: disable=broad-except   # a failed run is a row of the table, not the end
         traceback.print_exc()
         r = {"objective": name, "group": group(name), "seed": seed, "init": args.init, "config_hash": "-",
