@@ -18,10 +18,10 @@ def get_config(arg: str = "digits"):
     # weight_min: as configs/sid.py:toy2d, the normaliser mean|x - mu_real| averages only 2 coordinates here.
     o.update(regression_pairs=4096, regression_batch_size=256, weight_min=0.05)
     c.train.num_steps = sid_config.TOY_SCORE_STEPS
-    # Generator lr 2e-3 from random weights, 2e-4 from a trained network (`init=DIR`). From random weights 2e-4
-    # left 2/3 to 0.87 of the samples near a mode on the tuning mixtures (a generator started from *any* trained
-    # network, even one of another mixture, reached 0.93), 2e-3 reached 0.93-0.96 and 4e-3 collapsed; from a
-    # trained network 2e-3 diverged on a held-out mixture (experiments/toy_family.md, findings).
+    # Generator lr 2e-3 from random weights, 2e-4 from a trained network (`init=DIR`). From random weights on the
+    # tuning mixtures 2e-4 left 0.83 of the samples near a mode (a generator started from *any* trained network,
+    # even one of another mixture, reached 0.93), 2e-3 reached 0.93-0.96 and 4e-3 collapsed; from a trained network
+    # 2e-3 diverged on 2 of 4 held-out mixtures (experiments/toy_family.md, findings).
     o.generator_optimizer.update(lr=2e-4 if sid_config.from_network(flags) else 2e-3, warmup_steps=100)
     o.fake_score_optimizer.update(lr=1e-3, warmup_steps=100)
     o.ema.update(halflife_kimg=20.0, decay=0.999)
