@@ -7,10 +7,13 @@ loop, then scored as in experiments/toy_family.py (one step, over the same draws
 
     .venv/bin/python experiments/toy_init_split.py --objective=dmd --seed=6 --starts=rr,ee,re,er
 
-`--starts`: generator then fake score, r = random weights, e = the EDM network (rr is the preset as shipped, ee
-is --init=edm), o = the EDM network of another tuning mixture (`--other_seed`). Each start is made by the
-objective's own `init` (with or without a network to start from); a mixed start takes each role's parameters and
-EMA from one of them (their optimizer states are both at Adam's zero init).
+`--starts`: generator then fake score, r = random weights, e = the EDM network (ee is --init=edm), o = the EDM
+network of another tuning mixture (`--other_seed`). Each start is made by the objective's own `init` (with or
+without a network to start from); a mixed start takes each role's parameters and EMA from one of them (their
+optimizer states are both at Adam's zero init). Every start trains with the settings the preset gives a start
+from a network (`init=DIR`), so that only the start differs; where a preset sets other rates for random weights
+(dmd, dmd2, f-distill, cd, sCT since 2026-12-01), rr is therefore not the shipped random-weights preset. The rows
+in experiments/results/toy_init_split.jsonl predate that split: then both starts had dmd's generator lr 2e-4.
 """
 import argparse
 import copy
