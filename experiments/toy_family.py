@@ -295,7 +295,9 @@ def write_table(db, path, args):
       "thin_axis_widths; '-' for rows scored before it was recorded). Bar: score students (and IGN/GAN, "
       "reported against it) <= 1.5x, all modes, near >= 0.9; "
       "consistency/progressive students <= 2x with all modes at 1 and at 2 steps. `init`: random = the preset as "
-      "shipped; edm = students start from configs/edm.py:toy2d trained on the same mixture (teacher.init_workdir).",
+      "shipped; edm = students start from configs/edm.py:toy2d trained on the same mixture (teacher.init_workdir). "
+      "`s`: seconds of the invocation that wrote the row (a few seconds where a finished run of the same config "
+      "was reused and only rescored; its training time is in the results file of the run that trained it).",
       "", "Commands:", ""]
   lines += [f"    {c}" for c in db["commands"]] + [""]
 
