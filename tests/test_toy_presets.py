@@ -3,6 +3,8 @@
 CT and iCT from random weights learn the one-step map by propagating consistency from sigma_min up to sigma_max
 through the grid; a curriculum sized for hundreds of thousands of steps, squeezed into a few thousand, left the
 one-step output at the data mean. These checks read the schedules the presets produce, not the presets' numbers.
+The learning-rate checks pin which start (random weights or `init=DIR`) gets which rate, and one runs the first
+steps of the sid preset on the mixture where it once ran away from the data.
 """
 import importlib
 import math
