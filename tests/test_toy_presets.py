@@ -71,13 +71,11 @@ def test_consistency_toy_rates_from_random_weights_decay_within_the_run():
     assert 0 < opt.decay_steps <= config.train.num_steps, (name, opt.decay_steps)
 
 
-def _sid_toy_sample_stds(seed, num_steps, clip=None):
+def _sid_toy_sample_stds(seed, num_steps):
   """The generator's sample std at every step of the sid toy2d preset from random weights on family:SEED, and
   the data's std."""
   config = _preset("sid")
   config.data.toy2d_kind = f"family:{seed}"
-  if clip is not None:
-    config.objective.sid.generator_optimizer.grad_clip_norm = clip
   dataset = data_lib.build(config.data)
   teacher = teachers.build(config.teacher, dataset, config.network)
   objective = objectives.build(config, dataset.spec)
