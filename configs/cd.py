@@ -50,8 +50,9 @@ def get_config(arg: str = "digits"):
     # a constant 1e-3 drifts after ~1k steps (1-step SW 0.11 -> 0.15 on the 8-ring), a constant 1e-4 left the
     # one-step student blurred and missing small modes (experiments/toy_family.md, findings). A longer run: set
     # decay_steps too.
-    o.optimizer.update(lr=1e-4)
-    if not sid_config.from_network(flags):
+    if sid_config.from_network(flags):
+      o.optimizer.update(lr=1e-4)
+    else:
       o.optimizer.update(lr=1e-3, decay_steps=c.train.num_steps)
   elif dataset == "digits":
     o.update(num_scales=18, target="online", target_ema=0.0, init="teacher")
