@@ -23,8 +23,11 @@ $(VENV)/.installed-tpu: $(VENV)/.installed
 demo: install
 	$(PY) -m gendistill.demo --workdir=$(WORKDIR) $(DEMO_FLAGS)
 
+# One pytest worker per core, at most 4 (each holds its own compiled programs: ~2-3 GB at the peak).
+JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); if [ $$n -gt 4 ]; then n=4; fi; if [ $$n -lt 2 ]; then n=2; fi; echo $$n)
+
 test: install $(VENV)/.installed-tpu
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n $(JOBS) tests
 
 clean:
 	rm -rf $(VENV) workdirs

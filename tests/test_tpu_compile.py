@@ -31,6 +31,8 @@ BATCH = 32
 def test_edm_step_compiles_for_a_multi_host_slice_with_fsdp():
   config = edm_config.get_config("digits,smoke")
   config.data.batch_size = BATCH
+  # Two resolutions (smoke has one): enough arrays above fsdp_min_size for the memory accounting below.
+  config.network.update(channel_mult=(1, 2), attn_resolutions=(8,))
   config.mesh.update(data=2, fsdp=-1, fsdp_min_size=1024)
   spec = DataSpec("image", (16, 16, 1), 10)
 
