@@ -28,9 +28,7 @@ def get_config(arg: str = "digits"):
     o.critic.update(kind="mlp", hidden=256, depth=3)
     o.generator_optimizer.update(lr=5e-4, b1=0.5, b2=0.999)
     o.critic_optimizer.update(lr=5e-4, b1=0.5, b2=0.999)
-    # From random weights the distillation term at ADD's 2.5 pulled the one-step student onto fewer modes on a
-    # tuning mixture (experiments/toy_family.md, ADD update); 1.0 kept them. A trained start keeps ADD's 2.5.
-    o.update(r1_gamma=1e-5, lambda_dist=2.5 if sid_config.from_network(flags) else 1.0)
+    o.update(r1_gamma=1e-5)
     o.ema.update(decay=0.995)
     c.train.update(num_steps=4000, log_every=100, checkpoint_every=1000, sample_every=1000)
     c.eval.update(num_samples=4000, batch_size=4000)
