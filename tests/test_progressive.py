@@ -207,6 +207,28 @@ def test_sample_defaults_to_the_trained_rounds_steps():
     assert default.shape == (5, 2) and bool(jnp.all(jnp.isfinite(default)))
 
 
+def test_sample_with_the_previous_rounds_steps_uses_the_previous_rounds_student():
+  run = _run()
+  objective, states = run["objective"], run["states"]
+  sample = jax.jit(objective.sample, static_argnums=(2, 4))
+  ddim = lambda params, steps: samplers.ddim_sampler(
+      lambda y, s: objective.apply_fn(params, y, s, None), jax.random.normal(jax.random.split(jax.random.key(1))[1],
+                                                                             (5, 2)), steps, logsnr_min=LOGSNR[0],
+      logsnr_max=LOGSNR[1])
+  student, kept = states[6].params["generator"], states[6].extra["teacher"]
+  assert not _same(student, kept)
+  # After the last round (1 step): 2 steps is the round-2 student (kept as the last round's teacher) ...
+  np.testing.assert_allclose(sample(states[6], jax.random.key(1), 5, None, 2), ddim(kept, 2), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(ddim(kept, 2), ddim(student, 2), atol=1e-3)
+  # ... 1 step and steps of no kept round run the current student.
+  for steps in (1, 4):
+    np.testing.assert_allclose(sample(states[6], jax.random.key(1), 5, None, steps), ddim(student, steps),
+                               rtol=1e-5, atol=1e-6)
+  # In round 1 (after step 1) the stored copy is the run's starting point, not a student: never sampled.
+  np.testing.assert_allclose(sample(states[1], jax.random.key(1), 5, None, 8),
+                             ddim(states[1].params["generator"], 8), rtol=1e-5, atol=1e-6)
+
+
 def test_learning_rate_anneals_linearly_within_a_round():
   """Adam on a constant gradient moves by lr per step; the anneal scales that by 1 - count/steps_per_round."""
   cfg = progressive_config.get_config("toy2d,smoke").objective.progressive

@@ -28,7 +28,9 @@ PD's v-model is `network.sigma_data = 1` with `loss = 'v_mse'`.
 Optimizer as the official config: Adam, gradient clipping 1.0, the learning rate annealed linearly to 0 over
 each round (`lr_anneal`), a fresh optimizer state per round, no EMA. Sampling: DDIM with the current round's N
 by default (samplers.ddim_sampler), optionally clipping x_hat (`clip_denoised`, the official eval setting for
-images). Deviation: the official schedule spans lambda in [-20, 20]; the presets use the range of an EDM teacher
+images); asked for the previous round's N (2 after a run down to 1 step), it samples the previous round's student,
+which the state keeps as the last round's teacher, so one run yields both its 1-step and its 2-step students.
+Deviation: the official schedule spans lambda in [-20, 20]; the presets use the range of an EDM teacher
 (sigma in [0.002, 80]) since this library's teachers are EDM models that never saw larger or smaller sigma.
 """
 import functools
@@ -201,13 +203,21 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
     return state, metrics
 
   def sample(state, rng, num, labels=None, steps=None):
-    """DDIM with the student; `steps` defaults to the steps of the round of the last completed train step."""
+    """DDIM with the student; `steps` defaults to the steps of the round of the last completed train step. With
+    the previous round's steps (e.g. 2 after a run down to 1) it samples that round's student, which the state
+    keeps as the current round's teacher; any other `steps` runs the current student's network."""
     rng_labels, rng_z = jax.random.split(rng)
     onehot = base.sample_labels(rng_labels, num, labels, spec.num_classes)
     z = jax.random.normal(rng_z, (num,) + tuple(spec.shape))
+    params = state.params[G]
     if steps is None:
       steps = student_steps(round_of(jnp.maximum(state.step - 1, 0), per_round, rounds), cfg.teacher_steps)
-    fn = lambda y, s: apply_fn(state.params[G], y, s, onehot)
+    else:   # extra[TEACHER] holds the student of the round before the one the next step trains (none in round 0)
+      kept_round = round_of(state.step, per_round, rounds) - 1
+      use_kept = jnp.logical_and(kept_round >= 0,
+                                 student_steps(jnp.maximum(kept_round, 0), cfg.teacher_steps) == steps)
+      params = jax.tree.map(lambda kept, current: jnp.where(use_kept, kept, current), state.extra[TEACHER], params)
+    fn = lambda y, s: apply_fn(params, y, s, onehot)
     return samplers.ddim_sampler(fn, z, steps, clip_denoised=cfg.clip_denoised or None, **schedule)
 
   return base.Objective(name="progressive", init=init, train_step=train_step, sample=sample, export_role=G,
