@@ -42,7 +42,7 @@ def test_ict_toy_curriculum_levels_fit_the_run():
 
 
 def test_sid_toy_learning_rates_decay_within_the_run():
-  for name in ("sid", "sida"):
+  for name in ("sid", "sida", "sim"):
     config = _preset(name)
     o = config.objective[name]
     for opt in (o.generator_optimizer, o.fake_score_optimizer):
