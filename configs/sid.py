@@ -60,6 +60,13 @@ def init_from(c, workdir: str):
     o.init = "teacher"
 
 
+def toy_rates(o, num_steps: int, grad_clip_norm: float = 0.0):
+  """SiD's toy2d rates, shared by the presets of its family: generator lr 5e-4 (its gradient clipped to
+  `grad_clip_norm`, 0 = off), fake score 1e-3, both decayed to 0 by a cosine over `num_steps`."""
+  o.generator_optimizer.update(lr=5e-4, decay_steps=num_steps, grad_clip_norm=grad_clip_norm)
+  o.fake_score_optimizer.update(lr=1e-3, decay_steps=num_steps)
+
+
 def from_network(flags) -> bool:
   """Whether the preset flag `init=DIR` starts the students from a trained network (else, on toy2d, from random
   weights: the analytic teacher has none to copy), for settings that differ between the two starts."""
@@ -155,9 +162,7 @@ def get_config(arg: str = "digits"):
     # From random weights the generator's gradient is clipped to norm 10 (as DMD's is): unclipped, one spike in
     # the first 50 steps threw the samples off the data on family:6 and the run went non-finite (the loss is
     # unbounded below where the fake score has not followed); clipped it trains (experiments/toy_family.md).
-    o.generator_optimizer.update(lr=5e-4, decay_steps=c.train.num_steps,
-                                 grad_clip_norm=0.0 if from_network(flags) else 10.0)
-    o.fake_score_optimizer.update(lr=1e-3, decay_steps=c.train.num_steps)
+    toy_rates(o, c.train.num_steps, grad_clip_norm=0.0 if from_network(flags) else 10.0)
     o.ema.update(halflife_kimg=20.0)
   elif dataset == "digits":
     # The recipe measured in experiments/digits_score_distillation.md: lr 1e-4 for both networks decayed to 0 by a

@@ -17,8 +17,7 @@ def get_config(arg: str = "digits"):
   if dataset == "toy2d":
     o.update(weight_min=0.05)   # as configs/sid.py:toy2d, learning rates included
     c.train.num_steps = sid_config.TOY_SCORE_STEPS
-    o.generator_optimizer.update(lr=5e-4, decay_steps=c.train.num_steps)
-    o.fake_score_optimizer.update(lr=1e-3, decay_steps=c.train.num_steps)
+    sid_config.toy_rates(o, c.train.num_steps)
     o.ema.update(halflife_kimg=20.0)
     # The official warm-ups are 100/200 kimg of 256-image batches: here 50 and 100 steps.
     o.update(generator_start_kimg=50 * b / 1000, gan_start_kimg=100 * b / 1000)
