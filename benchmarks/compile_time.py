@@ -9,8 +9,8 @@ CPU device; --preset and --set choose another preset or override config keys) is
 fresh process with no persistent compilation cache, exactly as `train.compile_ahead` builds it. Recorded per step:
 seconds to lower (trace to StableHLO) and to compile (--repeats: the median of that many processes, and their
 range), the optimized HLO's size in characters (`compiled.as_text()`), its number of fusions, convolutions,
-copies and scalar-or-vector `and` instructions. These counts are deterministic, unlike timings on a shared machine; the
-compile time is wall-clock and drifts with the load (the 1-minute load average is recorded with it).
+copies and scalar-or-vector `and` instructions. These counts are deterministic, unlike timings on a shared
+machine; the compile time is wall-clock and drifts with the load (the 1-minute load average is recorded with it).
 
 Rows accumulate in a JSON-lines file (--jsonl) under a --label (e.g. 'before' and 'after' a change); --md writes
 the table of every label found there. Each optimized HLO is also written to $TMPDIR/gendistill_compile_time/.
