@@ -167,16 +167,26 @@ def write_table(args, ref, results, runs=()):
       "", "The final generator is also evaluated on fresh draws of samples (same seeds as the teacher's draws): "
       "'final FD, draws' is their mean +- sd (number of draws) and the FD of all draws pooled into one "
       "sample set; compare them with the teacher's.",
-      "", "| objective | final FD | final FD, draws | best FD (step) | class acc | reached teacher (step / G updates "
-      "/ s) | steps | batch | train s |", "|---|---|---|---|---|---|---|---|---|"]
+  ]
+  # Merged runs of different teachers (a retrained teacher has other weights): each row with its own teacher's FD.
+  teacher_fds = {round(r.get("teacher_fd", ref["digits_fd"]), 3) for r in results}
+  per_run = len(teacher_fds) > 1
+  if per_run:
+    lines += ["", "The merged runs distilled different trainings of the teacher (retrained between sessions): "
+              "'teacher FD' is the Heun NFE 35 FD of the teacher of that row's run, the one to compare it with "
+              "(the teacher line above is the last run's)."]
+  lines += ["", "| objective | final FD | final FD, draws | best FD (step) | class acc | reached teacher (step / G "
+            "updates / s) | steps | batch | train s |" + (" teacher FD |" if per_run else ""),
+            "|---|---|---|---|---|---|---|---|---|" + ("---|" if per_run else "")]
   for r in results:
     f, b, reached = r["final"], r["best"], r["reached"]
     where = (f"{reached['step']} / {reached['generator_updates']} / {reached['train_seconds']:.0f}" if reached
              else "not reached")
+    teacher_cell = f" {r.get('teacher_fd', ref['digits_fd']):.3f} |" if per_run else ""
     lines.append(f"| {r['objective']} | {f['digits_fd']:.3f} | {_mean_sd(r.get('final_draws'))} | "
                  f"{b['digits_fd']:.3f} ({b['step']}) | "
                  f"{_accuracy(f)} | {where} | {r['num_steps']} | {r['batch_size']} | "
-                 f"{f['train_seconds']:.0f} |")
+                 f"{f['train_seconds']:.0f} |{teacher_cell}")
   lines += ["", "Digits FD by step (samples of the generator's EMA; one step unless the row says 2):", ""]
   lines += [f"- {r['objective']}: " + ", ".join(f"{h['step']}: {h['digits_fd']:.2f}" for h in r["history"])
             for r in results]
@@ -262,7 +272,7 @@ def merge(paths, args):
   for path in paths:
     with open(path) as f:
       saved = json.load(f)
-    results += saved["results"]
+    results += [{**r, "teacher_fd": saved["teacher"]["digits_fd"]} for r in saved["results"]]
     a = saved["args"]
     runs.append(f"`{os.path.relpath(path, ROOT)}` (--objectives={a['objectives']} --steps={a['steps']} "
                 f"--eval_every={a['eval_every']}" + "".join(f" --set={s}" for s in a.get("set", [])) + ")")
