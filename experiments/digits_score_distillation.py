@@ -267,7 +267,7 @@ def reuse_teacher_reference(args):
 
 
 def merge(paths, args):
-  """One table from several runs' .json files (same teacher), e.g. objectives run separately."""
+  """One table from several runs' .json files, e.g. objectives run separately; each row keeps its run's teacher FD."""
   results, runs = [], []
   for path in paths:
     with open(path) as f:
