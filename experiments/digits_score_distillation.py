@@ -19,6 +19,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 import time
 
@@ -220,7 +221,9 @@ def main():
   parser.add_argument("--set", action="append", default=[],
                       help="config override KEY=VALUE (JSON value), e.g. objective.sid.alpha=1.0; repeatable")
   parser.add_argument("--label", default="", help="a note shown next to the objective's name in the table")
-  parser.add_argument("--merge", default="", help="comma-separated .json files: only write their merged table")
+  parser.add_argument("--merge", default="",
+                      help="comma-separated .json files (FILE#a+b: only objectives a, b of it): only write their "
+                           "merged table")
   parser.add_argument("--teacher_reference", default="",
                       help="a .json of an earlier run of this script with the same teacher, --num_samples, --seed and "
                            "--final_draws: reuse its teacher metrics instead of sampling the teacher again")
@@ -267,15 +270,21 @@ def reuse_teacher_reference(args):
 
 
 def merge(paths, args):
-  """One table from several runs' .json files, e.g. objectives run separately; each row keeps its run's teacher FD."""
+  """One table from several runs' .json files, e.g. objectives run separately; each row keeps its run's teacher
+  FD."""
   results, runs = [], []
-  for path in paths:
+  for entry in paths:
+    path, _, only = entry.partition("#")   # FILE#a+b: only objectives a and b of that run
     with open(path) as f:
       saved = json.load(f)
-    results += [{**r, "teacher_fd": saved["teacher"]["digits_fd"]} for r in saved["results"]]
+    keep = set(only.split("+")) if only else None
+    results += [{**r, "teacher_fd": saved["teacher"]["digits_fd"]} for r in saved["results"]
+                if keep is None or re.split(r"[ ,(]", r["objective"])[0] in keep]
     a = saved["args"]
-    runs.append(f"`{os.path.relpath(path, ROOT)}` (--objectives={a['objectives']} --steps={a['steps']} "
-                f"--eval_every={a['eval_every']}" + "".join(f" --set={s}" for s in a.get("set", [])) + ")")
+    names = only.replace("+", ",") if only else a["objectives"]
+    steps = f" --steps={a['steps']}" if a["steps"] else ""   # none: the presets' own lengths
+    runs.append(f"`{os.path.relpath(path, ROOT)}` (--objectives={names}{steps} --eval_every={a['eval_every']}"
+                + "".join(f" --set={s}" for s in a.get("set", [])) + ")")
   for key in ("teacher", "num_samples", "eval_every"):
     setattr(args, key, saved["args"][key])
   args.steps, args.set = 0, []   # per run: in the list of runs and the table
