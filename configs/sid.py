@@ -161,7 +161,9 @@ def get_config(arg: str = "digits"):
     # 1e-3 sharpens more but drops a small far mode (experiments/toy_collapse.md). A longer run: set decay_steps too.
     # From random weights the generator's gradient is clipped to norm 10 (as DMD's is): unclipped, one spike in
     # the first 50 steps threw the samples off the data on family:6 and the run went non-finite (the loss is
-    # unbounded below where the fake score has not followed); clipped it trains (experiments/toy_family.md).
+    # unbounded below where the fake score has not followed). Clipped, that early spike is gone; later run-aways
+    # remain there for two of three training seeds (a halved generator rate stops them but widens every mode;
+    # experiments/toy_family.md).
     toy_rates(o, c.train.num_steps, grad_clip_norm=0.0 if from_network(flags) else 10.0)
     o.ema.update(halflife_kimg=20.0)
   elif dataset == "digits":
