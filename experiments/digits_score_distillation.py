@@ -14,7 +14,7 @@ experiments/digits_score_distillation.md (and .json).
     .venv/bin/python experiments/digits_score_distillation.py --objectives=sid --steps=1000
     .venv/bin/python experiments/digits_score_distillation.py --objectives=sct --steps=600 \\
         --teacher_reference=experiments/results/OTHER_RUN.json   # reuse that run's teacher FDs (same draws)
-    .venv/bin/python experiments/digits_score_distillation.py --out=experiments/digits_every_objective \
+    .venv/bin/python experiments/digits_score_distillation.py --out=experiments/digits_every_objective \\
         --merge=experiments/results/RUN_A.json,experiments/results/RUN_B.json#sim+sct   # one table; from B sim, sct
 """
 import argparse
@@ -281,9 +281,9 @@ def merge(paths, args):
       saved = json.load(f)
     base_name = lambda r: re.split(r"[ ,(]", r["objective"])[0]   # 'sct, 2 steps' -> 'sct'
     keep = set(only.split("+")) if only else None
-    if keep and keep - {base_name(r) for r in saved["results"]}:
-      sys.exit(f"--merge entry {entry!r}: {sorted(keep - {base_name(r) for r in saved['results']})} not among its "
-               f"objectives {sorted({base_name(r) for r in saved['results']})}.")
+    present = {base_name(r) for r in saved["results"]}
+    if keep and keep - present:
+      sys.exit(f"--merge entry {entry!r}: {sorted(keep - present)} not among its objectives {sorted(present)}.")
     results += [{**r, "teacher_fd": saved["teacher"]["digits_fd"]} for r in saved["results"]
                 if keep is None or base_name(r) in keep]
     a = saved["args"]
