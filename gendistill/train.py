@@ -415,9 +415,11 @@ def _train_loop(config, workdir, state, sharded, teacher, iterator, ckpt, writer
 
   def diverged(step, why):
     return FloatingPointError(
-        f"Training diverged at step {step}: {why}. The last good checkpoint is "
-        + (f"step {last_saved} in {ckpt.directory}" if last_saved is not None else "none (no step was saved)")
-        + "; lower the learning rate (or raise train.max_param_norm if the norm is expected) and resume from it.")
+        f"Training diverged at step {step}: {why}. "
+        + (f"The last good checkpoint is step {last_saved} in {ckpt.directory}; lower the learning rate (or raise "
+           "train.max_param_norm if the norm is expected) and resume from it." if last_saved is not None else
+           "No step was saved before it; lower the learning rate (or raise train.max_param_norm if the norm is "
+           "expected) and start again."))
 
   with _SigtermFlag() as sigterm:
     for step in range(start, tc.num_steps):
