@@ -65,7 +65,7 @@ def test_dm_toy_generator_rate_is_larger_from_random_weights():
 
 def test_consistency_toy_rates_from_random_weights_decay_within_the_run():
   # A constant 1e-3 drifted and a constant 1e-4 under-trained from random weights; the cosine must end with the run.
-  for name in ("cd", "sct", "scd"):
+  for name in ("cd", "sct", "scd", "ect", "meanflow"):
     config = _preset(name)
     opt = config.objective[name].optimizer
     assert 0 < opt.decay_steps <= config.train.num_steps, (name, opt.decay_steps)
