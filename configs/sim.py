@@ -22,7 +22,7 @@ def get_config(arg: str = "digits"):
       o.fake_score_optimizer.update(lr=1e-3)
     else:
       # From random weights SiD's recipe (clipped at norm 10) with Adam b1 0.9, not SiD's 0: b1 = 0 lets one
-      # gradient spike move every weight by up to 31.6 lr; with 0.9 SIM kept every mode on 9 of 10 held-out
+      # gradient spike move every weight by up to 31.6 lr; with 0.9 SIM kept every mode on 14 of 15 held-out
       # mixture-runs, with b1 0 on 3 of 5 (experiments/toy_family.md, findings).
       sid_config.toy_rates(o, c.train.num_steps, grad_clip_norm=10.0)
       o.generator_optimizer.update(b1=0.9)
