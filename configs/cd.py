@@ -46,16 +46,14 @@ def get_config(arg: str = "digits"):
   o = c.objective.cd
   if dataset == "toy2d":
     o.update(num_scales=18, target="online", target_ema=0.0)
-    # lr 1e-4 from a trained network (init=DIR); from random weights 1e-3 decayed to 0 by a cosine over the run:
-    # a constant 1e-3 drifts after ~1k steps (1-step SW 0.11 -> 0.15 on the 8-ring), a constant 1e-4 left the
-    # one-step student blurred and missing small modes (experiments/toy_family.md, findings). From random weights
-    # 6000 steps, not 3000: on the tuning mixtures SW fell 1.4-2.4x -> 1.0-1.1x at one step. A longer run: set
-    # decay_steps too.
+    # lr 1e-4 from a trained network (init=DIR); from random weights the cosine from 1e-3 (on the 8-ring a constant
+    # 1e-3 drifted, 1-step SW 0.11 -> 0.15) over 6000 steps, not 3000: on the tuning mixtures SW fell 1.4-2.4x ->
+    # 1.0-1.1x at one step (experiments/toy_family.md, findings). A longer run: set decay_steps too.
     if sid_config.from_network(flags):
       o.optimizer.update(lr=1e-4)
     else:
       c.train.num_steps = 6000
-      o.optimizer.update(lr=1e-3, decay_steps=c.train.num_steps)
+      sid_config.toy_random_start_rate(o.optimizer, c.train.num_steps)
   elif dataset == "digits":
     o.update(num_scales=18, target="online", target_ema=0.0, init="teacher")
   elif dataset == "cifar10":

@@ -20,11 +20,11 @@ def get_config(arg: str = "digits"):
     # weighs the samples of that target unequally, so the fixed point is no longer its mean; in 2-D that moved
     # mass between modes (experiments/toy_family.md, tuning mixture family:3: p 0.5 4.09x -> p 0 2.79x).
     o.update(p_mean=-0.4, p_std=1.0, ratio=0.25, adaptive_p=0.0)
-    # lr 1e-3 decayed to 0 by a cosine over the run, as the other students from random weights (cd, sct, scd):
-    # on the tuning mixtures the constant 1e-4 lost a mode at one step and this kept every one
-    # (experiments/toy_family.md, findings).
+    # On the tuning mixtures the constant 1e-4 lost a mode at one step and the shared random-start rate kept every
+    # one (experiments/toy_family.md, findings).
     c.train.num_steps = 3000
-    o.optimizer.update(lr=1e-3, b1=0.9, b2=0.999, decay_steps=c.train.num_steps)
+    o.optimizer.update(b1=0.9, b2=0.999)
+    sid_config.toy_random_start_rate(o.optimizer, c.train.num_steps)
     o.ema.update(halflife_kimg=20.0, rampup_ratio=0.05)
   elif dataset == "digits":
     c.network.update(edm_config.get_config("digits").network)

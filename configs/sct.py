@@ -27,14 +27,13 @@ def scm_config(name: str, arg: str):
       o.update(tangent_norm="none")
     o.optimizer.update(name="radam", lr=1e-4)
     if not sid_config.from_network(flags):
-      # From random weights (no teacher to start from): 1e-3 decayed to 0 by a cosine over the run, which avoids
-      # the drift above; held-out two-step sCT students then found every mode and passed 5/5 where a constant 1e-4
-      # passed 1/5; sCD's one-step students found every mode on the tuning mixtures where 1e-4 lost one on two.
-      # sCT was still converging at 3000 steps: 6000 kept every mode of the tuning mixtures at one step
-      # (experiments/toy_family.md, findings).
+      # From random weights (no teacher to start from): held-out two-step sCT students then found every mode and
+      # passed 5/5 where a constant 1e-4 passed 1/5; sCD's one-step students found every mode on the tuning mixtures
+      # where 1e-4 lost one on two. sCT was still converging at 3000 steps: 6000 kept every mode of the tuning
+      # mixtures at one step (experiments/toy_family.md, findings).
       if name == "sct":
         c.train.num_steps = 6000
-      o.optimizer.update(lr=1e-3, decay_steps=c.train.num_steps)
+      sid_config.toy_random_start_rate(o.optimizer, c.train.num_steps)
     o.weighting_optimizer.update(name="radam", lr=1e-3)
     o.ema.update(halflife_kimg=20.0, rampup_ratio=0.05)
   elif dataset == "digits":

@@ -94,9 +94,8 @@ def test_sid_toy_generator_stays_on_the_data_scale_from_random_weights():
 
 def test_sim_toy_generator_keeps_adam_momentum_from_random_weights():
   # With SiD's b1 = 0 a gradient spike against Adam's running RMS moved every weight by up to 31.6 lr and SIM lost
-  # the far mode on two of five held-out mixtures; with b1 0.9 on one of fifteen mixture-runs (experiments/toy_family.md,
-  # findings).
-  # From a trained network it keeps SiD's setting.
+  # the far mode on two of five held-out mixtures; with b1 0.9 on one of fifteen mixture-runs
+  # (experiments/toy_family.md, findings). From a trained network it keeps SiD's setting.
   from_random = _preset("sim").objective.sim.generator_optimizer
   from_network = _preset("sim", "toy2d,init=runs/edm").objective.sim.generator_optimizer
   assert from_random.b1 >= 0.9 and from_random.grad_clip_norm > 0, from_random
