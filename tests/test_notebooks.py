@@ -18,7 +18,12 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
-def test_notebook_runs_at_smoke_settings(path, tmp_path, monkeypatch):
+def test_notebook_runs_at_smoke_settings(path, tmp_path, monkeypatch, user_env):
+  for name in ("XLA_FLAGS", "JAX_PLATFORMS"):   # the kernel sees one CPU device, as in a user's Colab session
+    if name in user_env:
+      monkeypatch.setenv(name, user_env[name])
+    else:
+      monkeypatch.delenv(name, raising=False)
   monkeypatch.setenv("GENDISTILL_NOTEBOOK_SMOKE", "1")
   notebook = nbformat.read(path, as_version=4)
   assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (

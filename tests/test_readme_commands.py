@@ -36,13 +36,12 @@ def at_smoke_size(argv, tmp):
 
 
 @pytest.mark.slow
-def test_distil_your_own_teacher_commands_run(tmp_path):
+def test_distil_your_own_teacher_commands_run(tmp_path, user_env):
   commands = readme_commands("Distil your own teacher")
   assert len(commands) == 6 and all(c[0] == ".venv/bin/python" for c in commands), commands
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
   for command in commands:
     argv = at_smoke_size(command, tmp_path)
-    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(argv, cwd=ROOT, env=user_env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (" ".join(argv), result.stderr[-3000:])
   for name in ("toy_sid.png", "digits_sid.png"):
     assert (tmp_path / name).stat().st_size > 0
