@@ -27,7 +27,7 @@ demo: install
 JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); if [ $$n -gt 4 ]; then n=4; fi; if [ $$n -lt 2 ]; then n=2; fi; echo $$n)
 
 test: install $(VENV)/.installed-tpu
-	$(PY) -m pytest -n $(JOBS) tests
+	$(PY) -m pytest -n $(JOBS) --durations=15 tests
 
 clean:
 	rm -rf $(VENV) workdirs
