@@ -65,10 +65,12 @@ def test_dm_toy_generator_rate_is_larger_from_random_weights():
 
 def test_consistency_toy_rates_from_random_weights_decay_within_the_run():
   # A constant 1e-3 drifted and a constant 1e-4 under-trained from random weights; the cosine must end with the run.
-  for name in ("cd", "sct", "scd", "ect", "meanflow"):
-    config = _preset(name)
+  # ECT takes it from a trained network too (a constant 1e-4 lost a mode at one step on two tuning mixtures).
+  runs = [(name, "toy2d") for name in ("cd", "sct", "scd", "ect", "meanflow")] + [("ect", "toy2d,init=runs/edm")]
+  for name, arg in runs:
+    config = _preset(name, arg)
     opt = config.objective[name].optimizer
-    assert 0 < opt.decay_steps <= config.train.num_steps, (name, opt.decay_steps)
+    assert opt.lr == 1e-3 and 0 < opt.decay_steps <= config.train.num_steps, (name, arg, opt.lr, opt.decay_steps)
 
 
 def test_sid_toy_generator_stays_on_the_data_scale_from_random_weights():
