@@ -53,7 +53,7 @@ def get_config(arg: str = "digits"):
       o.optimizer.update(lr=1e-4)
     else:
       c.train.num_steps = 6000
-      sid_config.toy_random_start_rate(o.optimizer, c.train.num_steps)
+      sid_config.toy_few_step_rate(o.optimizer, c.train.num_steps)
   elif dataset == "digits":
     o.update(num_scales=18, target="online", target_ema=0.0, init="teacher")
   elif dataset == "cifar10":

@@ -32,7 +32,7 @@ def get_config(arg: str = "digits"):
     # From random weights: held-out, every mode at two steps on 5/5 mixtures where a constant 1e-4 kept them on 3/5.
     # From the EDM network too: every mode of the tuning mixtures at one step, where 1e-4 lost one on two of three
     # (experiments/toy_family.md).
-    sid_config.toy_random_start_rate(o.optimizer, c.train.num_steps)
+    sid_config.toy_few_step_rate(o.optimizer, c.train.num_steps)
   elif dataset == "digits":
     o.update(stage_steps=500, init="teacher")
     o.optimizer.update(lr=1e-4)

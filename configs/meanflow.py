@@ -24,7 +24,7 @@ def get_config(arg: str = "digits"):
     # one (experiments/toy_family.md, findings).
     c.train.num_steps = 3000
     o.optimizer.update(b1=0.9, b2=0.999)
-    sid_config.toy_random_start_rate(o.optimizer, c.train.num_steps)
+    sid_config.toy_few_step_rate(o.optimizer, c.train.num_steps)
     o.ema.update(halflife_kimg=20.0, rampup_ratio=0.05)
   elif dataset == "digits":
     c.network.update(edm_config.get_config("digits").network)

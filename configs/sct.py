@@ -33,7 +33,7 @@ def scm_config(name: str, arg: str):
       # mixtures at one step (experiments/toy_family.md, findings).
       if name == "sct":
         c.train.num_steps = 6000
-      sid_config.toy_random_start_rate(o.optimizer, c.train.num_steps)
+      sid_config.toy_few_step_rate(o.optimizer, c.train.num_steps)
     o.weighting_optimizer.update(name="radam", lr=1e-3)
     o.ema.update(halflife_kimg=20.0, rampup_ratio=0.05)
   elif dataset == "digits":

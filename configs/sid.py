@@ -67,10 +67,10 @@ def toy_rates(o, num_steps: int, grad_clip_norm: float = 0.0):
   o.fake_score_optimizer.update(lr=1e-3, decay_steps=num_steps)
 
 
-def toy_random_start_rate(optimizer, num_steps: int):
-  """The few-step toy2d students' rate from random weights (cd, ect, sct, scd, meanflow; ect from a trained network
-  too): lr 1e-3 decayed to 0 by a cosine over `num_steps`. A constant 1e-3 drifted apart after ~1k steps and a
-  constant 1e-4 under-trained, losing small modes (experiments/toy_family.md, findings)."""
+def toy_few_step_rate(optimizer, num_steps: int):
+  """The few-step toy2d students' rate (cd, sct, scd and meanflow from random weights; ect from either start): lr
+  1e-3 decayed to 0 by a cosine over `num_steps`. A constant 1e-3 drifted apart after ~1k steps and a constant 1e-4
+  under-trained, losing small modes (experiments/toy_family.md, findings)."""
   optimizer.update(lr=1e-3, decay_steps=num_steps)
 
 
