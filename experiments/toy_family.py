@@ -196,10 +196,15 @@ def edm_workdir(mixture, args):
   return workdir, {**row, "seconds": time.time() - t0, "workdir": relative(workdir)}
 
 
+def run_workdir(name, mixture, config, args):
+  """The run's workdir, named by its config's hash (a rerun of the same config reuses it)."""
+  return os.path.join(args.workdir, args.init, name, f"{mixture.kind.replace(':', '_')}_{config_hash(config)}")
+
+
 def run_one(name, mixture, args):
   """Trains the objective's toy2d preset on the mixture with the launcher's train_and_evaluate; scores it."""
   config = run_config(name, mixture.seed, args.init, args)
-  workdir = os.path.join(args.workdir, args.init, name, f"{mixture.kind.replace(':', '_')}_{config_hash(config)}")
+  workdir = run_workdir(name, mixture, config, args)
   t0 = time.time()
   state = train.train_and_evaluate(config, workdir)
   seconds = time.time() - t0

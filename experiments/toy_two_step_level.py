@@ -65,8 +65,7 @@ def main():
       if args.init == "edm":
         tf.edm_workdir(mixture, args)
       config = tf.run_config(name, seed, args.init, args)
-      workdir = os.path.join(args.workdir, args.init, name, f"family_{seed}_{tf.config_hash(config)}")
-      state = train.train_and_evaluate(config, workdir)
+      state = train.train_and_evaluate(config, tf.run_workdir(name, mixture, config, args))
       spec = data_lib.build(config.data).spec
       cells = [cell(scored(objectives.build(config, spec), state, mixture, 1, args.num_samples))]
       for level in levels:
