@@ -98,9 +98,10 @@ def use_teacher(c, preset: str, workdir: str = ""):
     o.init = "teacher"
 
 
-# Run length of the one-step score-distillation presets on toy mixtures (sid, sida, diff_instruct, dmd, sim). At
-# 3000 steps the small thin modes of held-out-like mixtures were still 1.5-3.5x too wide across their narrow axis;
-# twice the steps sharpened them (experiments/toy_family.md, tuning runs). dmd2 and f-distill set their own.
+# Run length of the one-step score-distillation presets on toy mixtures (sid, sida, diff_instruct, dmd, sim; sid
+# from random weights runs twice this). At 3000 steps the small thin modes of held-out-like mixtures were still
+# 1.5-3.5x too wide across their narrow axis; twice the steps sharpened them (experiments/toy_family.md, tuning
+# runs). dmd2 and f-distill set their own.
 TOY_SCORE_STEPS = 6000
 
 
