@@ -444,7 +444,7 @@ def main():
       except Exception as e:  # pylint: disable=broad-except   # a failed run is a row of the table, not the end
         traceback.print_exc()
         r = {"objective": name, "group": group(name), "seed": seed, "init": args.init, "config_hash": "-",
-             "error": f"{type(e).__name__}: {e}".replace("\n", " ").replace("|", "/")}
+             "error": f"{type(e).__name__}: {e}".replace("\n", " ").replace("|", "/").replace(ROOT + os.sep, "")}
       r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
       db["results"] = [x for x in db["results"] if key(x) != key(r)] + [r]
       if "error" not in r:
