@@ -16,7 +16,7 @@ def get_config(arg: str = "digits"):
     o.update(distance="l2", normalizer="sid")
   if dataset == "toy2d":
     o.update(sigma_init=2.5, weight_min=0.05, huber_c=0.05)
-    c.train.num_steps = sid_config.toy_score_steps(flags)
+    c.train.num_steps = sid_config.toy_score_steps(flags, times_from_random=4)
     if sid_config.from_network(flags):
       o.generator_optimizer.update(lr=1e-4)
       o.fake_score_optimizer.update(lr=1e-3)
