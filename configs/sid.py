@@ -99,21 +99,22 @@ def use_teacher(c, preset: str, workdir: str = ""):
 
 
 # Run length of the one-step score-distillation presets on toy mixtures (sid, sida, diff_instruct, dmd, sim; sid
-# and sim from random weights run longer: toy_score_steps). At 3000 steps the small thin modes of held-out-like
-# mixtures were still 1.5-3.5x too wide across their narrow axis; twice the steps sharpened them
+# from random weights and sim from either start run longer: toy_score_steps). At 3000 steps the small thin modes
+# of held-out-like mixtures were still 1.5-3.5x too wide across their narrow axis; twice the steps sharpened them
 # (experiments/toy_family.md, tuning runs). dmd2 and f-distill set their own.
 TOY_SCORE_STEPS = 6000
 
 
-def toy_score_steps(flags, times_from_random: int = 2) -> int:
-  """SiD's (2x) and SIM's (4x) toy run length from random weights, in TOY_SCORE_STEPS; from a network 1x.
+def toy_score_steps(flags, times_from_random: int = 2, times_from_network: int = 1) -> int:
+  """The toy run length in TOY_SCORE_STEPS: SiD 2x from random weights, SIM 4x from either start; else 1x.
 
   Held-out, 12000 steps lowered the mean SW / teacher 1.73x -> 1.51x (sid) and 1.46x -> 1.18x (sim, which also
-  kept every mode on all five mixtures); 24000 lowered sim's to 1.00x and passed the bar on all five. sid at 24000
-  passed three of five held-out mixtures (1/5 at 12000) but ran away on tuning mixture family:6, which it keeps at
-  12000; from a trained network 12000 steps scored worse (sid), and SiDA's sliced W2 and mode weights got worse
-  held-out (experiments/toy_family.md)."""
-  return TOY_SCORE_STEPS if from_network(flags) else times_from_random * TOY_SCORE_STEPS
+  kept every mode on all five mixtures); 24000 lowered sim's to 1.00x and passed the bar on all five, and from a
+  trained network (with its random-weights rates) passed five where 6000 passed one. sid at 24000 passed three of
+  five held-out mixtures (1/5 at 12000) but ran away on tuning mixture family:6, which it keeps at 12000 (Adam b1
+  0.9 kept it on the data there but lost a mode); from a trained network 12000 steps scored worse (sid), and SiDA's
+  sliced W2 and mode weights got worse held-out (experiments/toy_family.md)."""
+  return (times_from_network if from_network(flags) else times_from_random) * TOY_SCORE_STEPS
 
 
 def distillation_config(objective: str, arg: str):
