@@ -98,23 +98,25 @@ def use_teacher(c, preset: str, workdir: str = ""):
     o.init = "teacher"
 
 
-# Run length of the one-step score-distillation presets on toy mixtures (sid, sida, diff_instruct, dmd, sim; sid
-# from random weights and sim from either start run longer: toy_score_steps). At 3000 steps the small thin modes
-# of held-out-like mixtures were still 1.5-3.5x too wide across their narrow axis; twice the steps sharpened them
+# Run length of the one-step score-distillation presets on toy mixtures (sid, sida, diff_instruct, dmd; sid from
+# random weights runs twice as long, and toy_long_recipe four times). At 3000 steps the small thin modes of
+# held-out-like mixtures were still 1.5-3.5x too wide across their narrow axis; twice the steps sharpened them
 # (experiments/toy_family.md, tuning runs). dmd2 and f-distill set their own.
 TOY_SCORE_STEPS = 6000
 
 
-def toy_score_steps(flags, times_from_random: int = 2, times_from_network: int = 1) -> int:
-  """The toy run length in TOY_SCORE_STEPS: SiD 2x from random weights, SIM 4x from either start; else 1x.
+def toy_long_recipe(c, o):
+  """SIM's toy2d recipe (from either start), also SiD's and SiDA's from a trained network (init=DIR): 4 x
+  TOY_SCORE_STEPS with toy_rates, the generator's gradient clipped at norm 10 and Adam b1 0.9, not SiD's 0.
 
-  Held-out, 12000 steps lowered the mean SW / teacher 1.73x -> 1.51x (sid) and 1.46x -> 1.18x (sim, which also
-  kept every mode on all five mixtures); 24000 lowered sim's to 1.00x and passed the bar on all five, and from a
-  trained network (with its random-weights rates) passed five where 6000 passed one. sid at 24000 passed three of
-  five held-out mixtures (1/5 at 12000) but ran away on tuning mixture family:6, which it keeps at 12000 (Adam b1
-  0.9 kept it on the data there but lost a mode); from a trained network 12000 steps scored worse (sid), and SiDA's
-  sliced W2 and mode weights got worse held-out (experiments/toy_family.md)."""
-  return (times_from_network if from_network(flags) else times_from_random) * TOY_SCORE_STEPS
+  b1 = 0 lets one gradient spike move every weight by up to 31.6 lr; the momentum is what keeps these long runs on
+  the data (SiD's clipped 24000-step run from a network with b1 0 went non-finite on tuning mixture family:6).
+  Held-out: SIM passed 5 of 5 mixtures from random weights (12000 steps: 1 of 5); from the network SIM, SiD and SiDA
+  passed 5, 4 and 5 of 5 (6000 steps, b1 0: 1, 2 and 1; experiments/toy_family.md).
+  """
+  c.train.num_steps = 4 * TOY_SCORE_STEPS
+  toy_rates(o, c.train.num_steps, grad_clip_norm=10.0)
+  o.generator_optimizer.update(b1=0.9)
 
 
 def distillation_config(objective: str, arg: str):
@@ -175,20 +177,22 @@ def get_config(arg: str = "digits"):
     # alpha 1.0 (the official AFHQ and SiDA value): with alpha 1.2 the loss has the term -0.2 ||y_r - y_f||^2,
     # which a generator can lower by running away from a lagging fake score; on the 5x5 grid that happened.
     o.update(alpha=1.0, sigma_init=2.5, weight_min=0.05)
-    # From random weights twice the run: on the tuning mixtures family:2 and 3 the one-step SW fell 1.41x -> 0.82x
-    # and 1.70x -> 1.16x and the widest thin axis 2.3x -> 1.7x and 3.2x -> 2.0x (family:6, where 6000 steps ran off
-    # the data, passed); on the held-out mixtures the thin axis narrowed on four of five.
-    c.train.num_steps = toy_score_steps(flags)
-    # Generator lr 5e-4 (was 1e-4) with both rates decayed to 0 by a cosine over the run: from random weights
-    # (the analytic teacher has no network to copy) 1e-4 left anisotropic modes twice too wide after 3000 steps;
-    # 1e-3 sharpens more but drops a small far mode (experiments/toy_collapse.md). A longer run: set decay_steps too.
-    # The generator's gradient is clipped to norm 10 (as DMD's is) from either start: unclipped, one spike in the
-    # first 50 steps from random weights threw the samples off the data on family:6 and the run went non-finite
-    # (the loss is unbounded below where the fake score has not followed), and from a trained network the run went
-    # non-finite there at step 1000. Clipped, both stay finite there (held-out from the network: 2/5 pass against
-    # 1/5); from random weights later run-aways remain there for two of three training seeds (a halved generator
-    # rate stops them but widens every mode; experiments/toy_family.md).
-    toy_rates(o, c.train.num_steps, grad_clip_norm=10.0)
+    if from_network(flags):
+      toy_long_recipe(c, o)
+    else:
+      # Twice the run: on the tuning mixtures family:2 and 3 the one-step SW fell 1.41x -> 0.82x and 1.70x ->
+      # 1.16x and the widest thin axis 2.3x -> 1.7x and 3.2x -> 2.0x (family:6, where 6000 steps ran off the data,
+      # passed); on the held-out mixtures the thin axis narrowed on four of five. At 24000 steps (b1 0 or 0.9) it
+      # ran away or lost a mode on family:6.
+      c.train.num_steps = 2 * TOY_SCORE_STEPS
+      # Generator lr 5e-4 (was 1e-4) with both rates decayed to 0 by a cosine over the run: 1e-4 left anisotropic
+      # modes twice too wide after 3000 steps; 1e-3 sharpens more but drops a small far mode
+      # (experiments/toy_collapse.md). A longer run: set decay_steps too. The generator's gradient is clipped to
+      # norm 10 (as DMD's is): unclipped, one spike in the first 50 steps threw the samples off the data on
+      # family:6 and the run went non-finite (the loss is unbounded below where the fake score has not followed);
+      # clipped, later run-aways remain there for two of three training seeds (a halved generator rate stops them
+      # but widens every mode; experiments/toy_family.md).
+      toy_rates(o, c.train.num_steps, grad_clip_norm=10.0)
     o.ema.update(halflife_kimg=20.0)
   elif dataset == "digits":
     # The recipe measured in experiments/digits_score_distillation.md: lr 1e-4 for both networks decayed to 0 by a

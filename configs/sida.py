@@ -15,14 +15,17 @@ def get_config(arg: str = "digits"):
   o = c.objective.sida
   b = c.data.batch_size
   if dataset == "toy2d":
-    # weight_min and learning rates as configs/sid.py:toy2d, without its generator-gradient clip: from random
-    # weights on the tuning mixture family:6 SiDA ran away for all three training seeds, and for both seeds tried
-    # with a clip at norm 10 (experiments/toy_family.md); on the held-out mixtures it kept every mode.
+    # weight_min as configs/sid.py:toy2d, and its recipe from a trained network (toy_long_recipe).
     o.update(weight_min=0.05)
-    # 6000 steps from either start (not sid's toy_score_steps): from random weights 12000 narrowed its modes but
-    # raised the held-out SW on four of five mixtures and lost a mode of one (experiments/toy_family.md).
-    c.train.num_steps = sid_config.TOY_SCORE_STEPS
-    sid_config.toy_rates(o, c.train.num_steps)
+    if sid_config.from_network(flags):
+      sid_config.toy_long_recipe(c, o)
+    else:
+      # From random weights 6000 steps without sid's generator-gradient clip: on the tuning mixture family:6 SiDA
+      # ran away for all three training seeds, and for both seeds tried with a clip at norm 10; 12000 steps
+      # narrowed its modes but raised the held-out SW on four of five mixtures and lost a mode of one
+      # (experiments/toy_family.md).
+      c.train.num_steps = sid_config.TOY_SCORE_STEPS
+      sid_config.toy_rates(o, c.train.num_steps)
     o.ema.update(halflife_kimg=20.0)
     # The official warm-ups are 100/200 kimg of 256-image batches: here 50 and 100 steps.
     o.update(generator_start_kimg=50 * b / 1000, gan_start_kimg=100 * b / 1000)
