@@ -182,8 +182,8 @@ def get_config(arg: str = "digits"):
     else:
       # Twice the run: on the tuning mixtures family:2 and 3 the one-step SW fell 1.41x -> 0.82x and 1.70x ->
       # 1.16x and the widest thin axis 2.3x -> 1.7x and 3.2x -> 2.0x (family:6, where 6000 steps ran off the data,
-      # passed); on the held-out mixtures the thin axis narrowed on four of five. At 24000 steps (b1 0 or 0.9) it
-      # ran away or lost a mode on family:6.
+      # passed); on the held-out mixtures the thin axis narrowed on four of five. At 24000 steps on family:6 it
+      # ran away (b1 0), lost a mode (b1 0.9) or left its modes as wide (half the generator rate).
       c.train.num_steps = 2 * TOY_SCORE_STEPS
       # Generator lr 5e-4 (was 1e-4) with both rates decayed to 0 by a cosine over the run: 1e-4 left anisotropic
       # modes twice too wide after 3000 steps; 1e-3 sharpens more but drops a small far mode
