@@ -67,6 +67,12 @@ def toy_rates(o, num_steps: int, grad_clip_norm: float = 0.0):
   o.fake_score_optimizer.update(lr=1e-3, decay_steps=num_steps)
 
 
+def decay_over_run(c, *optimizers):
+  """Each optimizer's rate decayed to 0 by a cosine that ends with the run (train.num_steps)."""
+  for optimizer in optimizers:
+    optimizer.decay_steps = c.train.num_steps
+
+
 def toy_few_step_rate(optimizer, num_steps: int):
   """The few-step toy2d students' rate (cd, sct, scd and meanflow from random weights; ect from either start): lr
   1e-3 decayed to 0 by a cosine over `num_steps`. A constant 1e-3 drifted apart after ~1k steps and a constant 1e-4

@@ -80,6 +80,18 @@ def test_dm_toy_generator_rate_is_larger_from_random_weights():
   assert from_network < from_random < 1e-3, (from_random, from_network)
 
 
+def test_dm_toy_rates_decay_over_the_run_from_random_weights():
+  # From random weights DMD's, DMD2's and f-distill's rates end at 0 with the run (lower tuning SW than constant
+  # rates); from a trained network they stay constant (the measured presets there).
+  for name in ("dmd", "dmd2", "fdistill"):
+    for arg, expected in (("toy2d", None), ("toy2d,init=runs/edm", 0)):
+      config = _preset(name, arg)
+      o = config.objective[name]
+      roles = [r for r in ("generator_optimizer", "fake_score_optimizer", "critic_optimizer") if r in o]
+      steps = expected if expected is not None else config.train.num_steps
+      assert [o[r].decay_steps for r in roles] == [steps] * len(roles), (name, arg)
+
+
 def test_consistency_toy_rates_from_random_weights_decay_within_the_run():
   # A constant 1e-3 drifted and a constant 1e-4 under-trained from random weights; the cosine must end with the run.
   # ECT takes it from a trained network too (a constant 1e-4 lost a mode at one step on two tuning mixtures).
