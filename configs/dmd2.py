@@ -23,7 +23,7 @@ def get_config(arg: str = "digits"):
 
 
 def one_step_toy_settings(o, flags):
-  """DMD's regression loss and a generator update every step, for one-step toy students from random weights.
+  """DMD's regression loss and a generator update every step, for one-step toy students (from either start).
 
   DMD2 drops the regression because its students start from the teacher; from random weights its one-step
   generator locked onto 2-3 of 6 modes within 1000 steps and a 100x GAN weight did not free it
@@ -47,7 +47,7 @@ def apply_method_settings(c, o, dataset: str, flags):
     # The DM normaliser mean|x - mu_real| averages only 2 coordinates here and comes close to 0 for samples at a
     # mode's centre; unclipped, those samples' 1/w weights skewed the mode weights on the 5x5 grid (mode TV 0.18).
     o.weight_min = 0.05
-    o.generator_optimizer.update(lr=2e-4, warmup_steps=20)
+    o.generator_optimizer.update(lr=2e-4, warmup_steps=20)   # the few-step rate; one step: one_step_toy_settings
     o.fake_score_optimizer.update(lr=1e-3, warmup_steps=100)
     o.critic_optimizer.update(lr=1e-3, warmup_steps=100)
     o.ema.update(halflife_kimg=20.0)
