@@ -68,7 +68,8 @@ def toy_rates(o, num_steps: int, grad_clip_norm: float = 0.0):
 
 
 def decay_over_run(c, *optimizers):
-  """Each optimizer's rate decayed to 0 by a cosine that ends with the run (train.num_steps)."""
+  """Each optimizer's rate decayed to 0 by a cosine over train.num_steps of its own updates: it ends with the run
+  for a role updated every step; one updated every k-th step (TTUR) covers only 1/k of its cosine."""
   for optimizer in optimizers:
     optimizer.decay_steps = c.train.num_steps
 
