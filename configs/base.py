@@ -133,15 +133,34 @@ def parse_arg(arg: str, takes_teacher: bool = False):
   return (parts[0] if parts else ""), set(parts[1:])
 
 
+_BOOLEANS = {"true": True, "false": False}
+
+
+def _parse_value(key: str, value: str, old):
+  """`value` for a key whose current value is `old`: a bare string for string keys, true/false (any case) for
+  booleans, else JSON converted to the old value's type. Anything else is one ValueError naming the key."""
+  if isinstance(old, str):
+    return value
+  if isinstance(old, bool):
+    if value.lower() in _BOOLEANS:
+      return _BOOLEANS[value.lower()]
+  else:
+    try:
+      return type(old)(json.loads(value)) if old is not None else json.loads(value)
+    except (ValueError, TypeError):
+      pass
+  raise ValueError(f"Cannot set {key}={value!r}: the key holds {type(old).__name__} "
+                   f"{old!r}; give a value of that type ({'true or false' if isinstance(old, bool) else 'as JSON'}).")
+
+
 def override(c: ml_collections.ConfigDict, items) -> ml_collections.ConfigDict:
-  """Applies 'dotted.key=value' strings (value as JSON, or a bare string for string keys), e.g. from a
-  benchmark's --set flags; an unknown key is a KeyError naming it."""
+  """Applies 'dotted.key=value' strings, e.g. from a benchmark's --set flags (see _parse_value for the value);
+  an unknown key is a KeyError naming it."""
   for item in items:
     key, value = item.split("=", 1)
     node = c
     *path, leaf = key.split(".")
     for part in path:
       node = node[part]
-    old = node[leaf]
-    node[leaf] = value if isinstance(old, str) else type(old)(json.loads(value))
+    node[leaf] = _parse_value(key, value, node[leaf])
   return c

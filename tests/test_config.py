@@ -64,6 +64,21 @@ def test_another_objectives_key_is_an_error():
     config.objective.sid.alpha = 2.0
 
 
+def test_set_values_parse_as_typed_and_a_wrong_type_names_the_key():
+  config = importlib.import_module("configs.adversarial").get_config("toy2d,smoke")
+  base.override(config, ["objective.adversarial.critic.noise_conditioned=True", "train.num_steps=7",
+                         "objective.adversarial.generator_optimizer.lr=1e-4", "objective.adversarial.loss=hinge"])
+  o = config.objective.adversarial
+  assert (o.critic.noise_conditioned, config.train.num_steps, o.generator_optimizer.lr, o.loss) == (
+      True, 7, 1e-4, "hinge")
+  base.override(config, ["objective.adversarial.critic.noise_conditioned=false"])
+  assert o.critic.noise_conditioned is False
+  with pytest.raises(ValueError, match=r"train.num_steps='seven'.*int"):
+    base.override(config, ["train.num_steps=seven"])
+  with pytest.raises(ValueError, match=r"noise_conditioned='yes'.*true or false"):
+    base.override(config, ["objective.adversarial.critic.noise_conditioned=yes"])
+
+
 def test_changing_objective_name_afterwards_is_an_error_naming_the_fix():
   config = importlib.import_module("configs.sid").get_config("toy2d,smoke")
   config.objective.name = "dmd2"
