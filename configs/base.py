@@ -133,24 +133,20 @@ def parse_arg(arg: str, takes_teacher: bool = False):
   return (parts[0] if parts else ""), set(parts[1:])
 
 
-_BOOLEANS = {"true": True, "false": False}
-
-
 def _parse_value(key: str, value: str, old):
   """`value` for a key whose current value is `old`: a bare string for string keys, true/false (any case) for
   booleans, else JSON converted to the old value's type. Anything else is one ValueError naming the key."""
   if isinstance(old, str):
     return value
-  if isinstance(old, bool):
-    if value.lower() in _BOOLEANS:
-      return _BOOLEANS[value.lower()]
-  else:
-    try:
-      return type(old)(json.loads(value)) if old is not None else json.loads(value)
-    except (ValueError, TypeError):
-      pass
-  raise ValueError(f"Cannot set {key}={value!r}: the key holds {type(old).__name__} "
-                   f"{old!r}; give a value of that type ({'true or false' if isinstance(old, bool) else 'as JSON'}).")
+  try:
+    if isinstance(old, bool):
+      return {"true": True, "false": False}[value.lower()]
+    parsed = json.loads(value)
+    return parsed if old is None else type(old)(parsed)
+  except (KeyError, ValueError, TypeError):
+    expected = "true or false" if isinstance(old, bool) else "as JSON"
+    raise ValueError(f"Cannot set {key}={value!r}: the key holds {type(old).__name__} {old!r}; give a value of "
+                     f"that type ({expected}).") from None
 
 
 def override(c: ml_collections.ConfigDict, items) -> ml_collections.ConfigDict:
