@@ -67,11 +67,11 @@ def toy_rates(o, num_steps: int, grad_clip_norm: float = 0.0):
   o.fake_score_optimizer.update(lr=1e-3, decay_steps=num_steps)
 
 
-def decay_over_run(c, *optimizers):
-  """Each optimizer's rate decayed to 0 by a cosine over train.num_steps of its own updates: it ends with the run
-  for a role updated every step; one updated every k-th step (TTUR) covers only 1/k of its cosine."""
+def decay_over_run(c, *optimizers, every: int = 1):
+  """Each optimizer's rate decayed to 0 by a cosine that ends with the run. A schedule counts its role's own
+  updates, so for a role updated on every `every`-th step (TTUR) it spans train.num_steps // every of them."""
   for optimizer in optimizers:
-    optimizer.decay_steps = c.train.num_steps
+    optimizer.decay_steps = c.train.num_steps // every
 
 
 def toy_few_step_rate(optimizer, num_steps: int):

@@ -44,6 +44,17 @@ def test_preset_loads_and_is_locked(module, arg):
     config.data.batch_size = "many"
 
 
+@pytest.mark.parametrize("module,arg", [(m, a) for m, a in _preset_args() if a and "smoke" not in a])
+def test_a_decayed_rate_ends_with_the_run(module, arg):
+  # A schedule counts its role's own updates: a TTUR generator (one update in `generator_every` steps) whose cosine
+  # spanned train.num_steps stayed near its peak rate and collapsed on digits (experiments/digits_every_objective.md).
+  config = importlib.import_module(f"configs.{module}").get_config(arg)
+  o = config.objective[module]
+  for role in (k for k in o.keys() if k.endswith("optimizer") and o[k].get("decay_steps", 0)):
+    every = max(int(o.get("generator_every", 1)), 1) if role == "generator_optimizer" else 1
+    assert o[role].decay_steps == config.train.num_steps // every, (role, o[role].decay_steps, every)
+
+
 def test_unknown_dataset_argument_is_an_error():
   with pytest.raises(ValueError, match="Unknown dataset 'mnist'"):
     importlib.import_module("configs.edm").get_config("mnist")
