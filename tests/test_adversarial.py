@@ -194,6 +194,20 @@ def test_add_student_levels_and_distillation_term():
   np.testing.assert_allclose(grad, 2 * c[:, None] * (x_hat - target) / x_hat.size, rtol=1e-4, atol=1e-7)
 
 
+def test_add_student_input_at_each_level():
+  x0 = 3.0 + jax.random.normal(jax.random.key(0), (256, 2))
+  rng = jax.random.key(1)
+  sigmas = (1.0, 0.5, 0.25)
+  _, rng_eps = jax.random.split(rng)
+  eps = jax.random.normal(rng_eps, x0.shape)
+  for noise_only in (False, True):
+    x, sigma = add.noised_input(rng, x0, sigmas=sigmas, top_level_noise_only=noise_only)
+    assert set(np.unique(np.asarray(sigma)).tolist()) == set(sigmas)  # every level drawn
+    top = np.asarray(sigma == sigmas[0])
+    signal = np.where(top[:, None], 0.0, x0) if noise_only else x0
+    np.testing.assert_allclose(x, signal + np.asarray(sigma)[:, None] * eps, rtol=1e-6, atol=1e-6)
+
+
 def test_add_train_step_with_the_analytic_teacher():
   config, dataset, objective = _toy(add_config)
   teacher = teachers.build(config.teacher, dataset, config.network)

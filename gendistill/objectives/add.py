@@ -10,7 +10,10 @@ schedule is EDM's continuous VP schedule (beta_min 0.1, beta_d 19.9: the limit o
 1000 steps), evaluated at t = (s + 1) / 1000 (`precond.vp_sigma`): s = 999, 749, 499, 249 -> sigma = 152.2, 17.02,
 3.41, 0.954. Noise levels above `sigma_max` (80, the range EDM teachers are trained and sampled on) are clipped to
 it, so the student's levels are (80, 17.02, 3.41, 0.954), and one-step sampling is G(80 z; 80) exactly as in the
-other one-step objectives. `student_sigmas` overrides the mapped levels.
+other one-step objectives. `student_sigmas` overrides the mapped levels. `top_level_noise_only` feeds the top level
+sigma_0 eps alone, the input one-step sampling gives it: at DDPM's t = 999 ADD's input is pure noise to within
+sqrt(alpha_bar) = 0.007 of x0, which this keeps true when the top level is set low (a student from random weights
+at sigma 80 starts collapsed, see gendistill/objectives/adversarial.py, so a toy preset may start at sigma 1).
 
 One train_step (critic every step, generator on every `critic_steps`-th step, as in `adversarial`):
   critic:    hinge L_D = mean relu(1 - D(x0)) + mean relu(1 + D(sg[x_hat])) + R1 (gamma 1e-5) on x0;
@@ -28,6 +31,8 @@ shared pieces of `gendistill.objectives.gan` (hinge, R1, optional Diffusion-GAN 
 Sampling: `steps` = k <= 4 runs the student on the first k of its levels, re-noising x_hat with fresh noise in
 between (ADD's multi-step sampling).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -47,6 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       student_timesteps=ADD_TIMESTEPS,  # DDPM timesteps of the student's inputs, mapped to EDM sigmas
       student_sigmas=(),        # overrides the mapped levels when not empty (decreasing)
+      top_level_noise_only=False,  # the top level's training input is sigma eps alone, as one-step sampling feeds it
       sigma_min=0.002,
       sigma_max=80.0,
       lambda_dist=2.5,          # L_G = L_adv + lambda_dist L_dist
@@ -73,6 +79,16 @@ def student_sigmas(cfg) -> tuple:
   t = (np.asarray(cfg.student_timesteps, np.float64) + 1) / 1000.0
   sigma = np.sqrt(np.exp(0.5 * precond.VP_BETA_D * t**2 + precond.VP_BETA_MIN * t) - 1)
   return tuple(float(s) for s in np.clip(sigma, cfg.sigma_min, cfg.sigma_max))
+
+
+def noised_input(rng, x0, *, sigmas, top_level_noise_only=False):
+  """The student's training input x0 + sigma eps at a level drawn uniformly from `sigmas`; sigma eps alone at the
+  top level when `top_level_noise_only`. Returns (input, sigma)."""
+  rng_s, rng_eps = jax.random.split(rng)
+  level = jax.random.randint(rng_s, (x0.shape[0],), 0, len(sigmas))
+  sigma = jnp.asarray(sigmas, jnp.float32)[level]
+  signal = x0 * sc.expand(level > 0, x0) if top_level_noise_only else x0
+  return signal + sc.expand(sigma, x0) * jax.random.normal(rng_eps, x0.shape), sigma
 
 
 def distillation_loss(x_hat, teacher_fn, rng, labels, *, t_min=0.0, t_max=1.0, sigma_min=0.002, sigma_max=80.0,
@@ -106,16 +122,11 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
   tx_c = state_lib.make_optimizer(cfg.critic_optimizer)
   ema_decay = state_lib.ema_decay_fn(cfg.ema, run.batch_size)
   sigmas = student_sigmas(cfg)
-  sigmas_arr = jnp.asarray(sigmas, jnp.float32)
+  student_input = functools.partial(noised_input, sigmas=sigmas, top_level_noise_only=cfg.top_level_noise_only)
 
   def init(rng, batch, teacher=None):
     return adversarial.init_state(rng, batch, teacher, spec=spec, net=net, critic=critic, cfg=cfg, tx_g=tx_g,
                                   tx_c=tx_c)
-
-  def student_input(rng, x0):
-    rng_s, rng_eps = jax.random.split(rng)
-    sigma = sigmas_arr[jax.random.randint(rng_s, (x0.shape[0],), 0, len(sigmas))]
-    return x0 + sc.expand(sigma, x0) * jax.random.normal(rng_eps, x0.shape), sigma
 
   def train_step(state, batch, teacher):
     if teacher is None:
@@ -147,4 +158,4 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
                         sample=sc.make_sampler(apply_fn, spec, sigmas=sigmas), export_role=G, apply_fn=apply_fn)
 
 
-__all__ = ["default_config", "build", "student_sigmas", "distillation_loss", "ADD_TIMESTEPS"]
+__all__ = ["default_config", "build", "student_sigmas", "noised_input", "distillation_loss", "ADD_TIMESTEPS"]
