@@ -13,7 +13,7 @@ it, so the student's levels are (80, 17.02, 3.41, 0.954), and one-step sampling 
 other one-step objectives. `student_sigmas` overrides the mapped levels. `top_level_noise_only` feeds the top level
 sigma_0 eps alone, the input one-step sampling gives it: at DDPM's t = 999 ADD's input is pure noise to within
 sqrt(alpha_bar) = 0.007 of x0, which this keeps true when the top level is set low (a student from random weights
-at sigma 80 starts collapsed, see gendistill/objectives/adversarial.py, so a toy preset may start at sigma 1).
+starts collapsed at sigma 80, see gendistill/objectives/adversarial.py, and not at sigma 1).
 
 One train_step (critic every step, generator on every `critic_steps`-th step, as in `adversarial`):
   critic:    hinge L_D = mean relu(1 - D(x0)) + mean relu(1 + D(sg[x_hat])) + R1 (gamma 1e-5) on x0;
