@@ -123,6 +123,54 @@ def test_clamp_keeps_tightness_in_bounds_and_matches_the_formula(mode):
   assert float(ign.tight_clamp(-jnp.ones(4), jnp.zeros(4), a, mode)) == 0.0
 
 
+@pytest.mark.parametrize("kind", ["l1", "mse"])
+def test_imle_pulls_each_real_samples_nearest_generated_sample(kind):
+  """L_imle = mean_i D(f(z_j(i)), x_i) with j(i) the nearest f(z); its gradient equals that of the same distances
+  with the choice held fixed, and reaches only the chosen samples."""
+  params = _mlp_params()
+  x, z = _data(n=6)
+  fz = _mlp_net(params, z)
+  d2 = np.sum((np.asarray(x)[:, None] - np.asarray(fz)[None]) ** 2, axis=-1)
+  nearest = np.argmin(d2, axis=1)
+  want = float(jnp.mean(ign.distance(fz[nearest], x, kind)))
+  np.testing.assert_allclose(float(ign.imle_loss(x, fz, distance_kind=kind)), want, rtol=1e-6)
+  got = jax.grad(lambda p: ign.imle_loss(x, _mlp_net(p, z), distance_kind=kind))(params)
+  fixed = jax.grad(lambda p: jnp.mean(ign.distance(_mlp_net(p, z)[nearest], x, kind)))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got, fixed)
+  grad_fz = jax.grad(lambda g: ign.imle_loss(x, g, distance_kind=kind))(fz)
+  unchosen = np.setdiff1d(np.arange(fz.shape[0]), nearest)
+  assert unchosen.size and np.all(np.asarray(grad_fz)[unchosen] == 0.0)
+  # Through ign_losses: the weighted term is added to the paper's loss.
+  base_loss, aux = ign.ign_losses(_mlp_net, params, x, z, distance_kind=kind)
+  loss, aux_imle = ign.ign_losses(_mlp_net, params, x, z, distance_kind=kind, imle_weight=3.0)
+  assert float(aux["imle"]) == 0.0
+  np.testing.assert_allclose(float(aux_imle["imle"]), want, rtol=1e-6)
+  np.testing.assert_allclose(float(loss), float(base_loss) + 3.0 * want, rtol=1e-5)
+
+
+def test_imle_pulls_a_generated_sample_toward_an_empty_mode():
+  """Every generated sample sits at one mode; a real sample at a distant mode still pulls the nearest of them,
+  and only that one, toward itself (the tightness term gives no such pull)."""
+  fz = jnp.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [0.3, 0.2]])
+  x = jnp.array([[0.05, 0.05], [3.0, 2.0]])
+  grad = np.asarray(jax.grad(lambda g: ign.imle_loss(x, g, distance_kind="mse"))(fz))
+  step = -grad[3]
+  assert np.all(step > 0)                                   # toward (3, 2)
+  np.testing.assert_allclose(step / np.linalg.norm(step), (np.array([3.0, 2.0]) - np.array([0.3, 0.2]))
+                             / np.linalg.norm(np.array([2.7, 1.8])), rtol=1e-5)
+  assert np.all(grad[1:3] == 0.0)
+
+
+def test_imle_matches_within_a_class_and_skips_real_samples_without_one():
+  x = jnp.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+  fz = jnp.array([[0.1, 0.0], [0.9, 0.0]])
+  onehot = lambda ids: jax.nn.one_hot(jnp.array(ids), 3)
+  # x_0 (class 1) must take fz_1 (class 1) although fz_0 is nearer; x_1 takes fz_0; x_2 (class 2) has no match.
+  got = ign.imle_loss(x, fz, onehot([1, 0, 2]), onehot([0, 1]), distance_kind="l1")
+  want = (np.mean(np.abs([0.9, 0.0])) + np.mean(np.abs([0.9, 0.0]))) / 2
+  np.testing.assert_allclose(float(got), want, rtol=1e-6)
+
+
 def test_fourier_noise_has_the_data_amplitude_and_is_real():
   rng = np.random.default_rng(2)
   images = jnp.asarray(np.cumsum(rng.normal(size=(64, 8, 8, 2)), axis=1) * 0.2, jnp.float32)  # correlated rows
@@ -170,6 +218,7 @@ def test_train_step_and_refinement_sampling(toy_objective):
   assert int(new_state.step) == 1
   for key in ("generator/loss", "generator/loss_rec", "generator/loss_idem", "generator/loss_tight"):
     assert np.isfinite(metrics[key]), key
+  assert "generator/loss_imle" not in metrics
   np.testing.assert_allclose(new_state.extra["noise_amplitude"], ign.fourier_amplitude(jnp.asarray(batch["x"])),
                              rtol=1e-5)
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params["generator"],
@@ -182,3 +231,17 @@ def test_train_step_and_refinement_sampling(toy_objective):
   project = ign.projector(objectives.networks_for(config, dataset.spec)["generator"], config.objective.ign)
   params = new_state.ema["generator"]
   np.testing.assert_allclose(three, project(params, project(params, one)), rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_adds_the_configured_imle_term():
+  config = ign_config.get_config("toy2d,smoke")
+  config.objective.ign.lambda_imle = 4.0
+  dataset = data_lib.build(config.data)
+  objective = objectives.build(config, dataset.spec)
+  state = objective.init(jax.random.key(0), example_batch(dataset.spec), None)
+  _, m = jax.jit(objective.train_step)(state, next(dataset.iterator()), None)
+  o = config.objective.ign
+  parts = (o.lambda_rec * m["generator/loss_rec"] + o.lambda_idem * m["generator/loss_idem"]
+           + o.lambda_tight * m["generator/loss_tight"])
+  assert float(m["generator/loss_imle"]) > 0
+  np.testing.assert_allclose(m["generator/loss"], parts + 4.0 * m["generator/loss_imle"], rtol=1e-5)

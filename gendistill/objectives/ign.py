@@ -15,6 +15,16 @@ averaged: a known reimplementation does this) or on the batch means; either way 
 (-a L_rec, 0] with L_rec the batch mean. The clamp's scale a L_rec is not stop-gradient (the formula as written).
 `tight_clamp = 0` turns the clamp off (the listing's variant, there with weight 0.1).
 
+Mode coverage. The tightness term is a critic played by f itself, and like a GAN's it lets f(z) pile onto some
+modes and leave others empty: the paper lists mode collapse among IGN's limits, and on 2-D mixtures this
+library's toy runs lost components on every mixture (experiments/toy_family.md). `lambda_imle > 0` adds
+an implicit-maximum-likelihood term (Li and Malik, 2019; the non-adversarial ingredient of Al-Jaff et al.'s
+NAIGN, 2025): each real sample pulls the generated sample nearest to it toward itself,
+
+  L_imle = mean_i D(f(z_j(i)), x_i),   j(i) = argmin_j |f(z_j) - x_i|^2 over the batch (chosen under stop-gradient)
+
+so a mode that no generated sample reaches still pulls its nearest one. Off by default (the paper's loss).
+
 The network. f is the library's preconditioned Denoiser (`nets.build_denoiser`: UNet for images, MLP for toy
 vectors) evaluated at one fixed noise level `sigma` (default 1, the scale of the noise inputs z ~ N(0, I)):
 f(x) = c_skip x + c_out F(c_in x; c_noise), so f keeps the network contract (`apply_fn(params, x, sigma, labels)`:
@@ -54,6 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
       lambda_rec=20.0,
       lambda_idem=20.0,
       lambda_tight=2.5,
+      lambda_imle=0.0,              # > 0: each real sample pulls its nearest f(z) (IMLE; mode coverage)
       tight_clamp=1.5,              # a; 0 disables the tanh clamp
       tight_clamp_mode="per_sample",  # per_sample | batch
       noise="gaussian",             # gaussian | fourier (the data's FFT amplitude, random phase)
@@ -92,13 +103,34 @@ def tight_clamp(tight_raw, rec, a: float, mode: str = "per_sample"):
   return jnp.mean(jnp.where(positive, jnp.tanh(tight_raw / scale) * scale, 0.0))
 
 
+def imle_loss(x, fz, labels_x=None, labels_z=None, distance_kind="l1"):
+  """mean_i D(fz[j(i)], x_i) with j(i) the generated sample nearest to x_i in squared Euclidean distance (among
+  those with x_i's label when labels, one-hot, are given; a real sample with no such neighbour is left out).
+
+  The choice of j is under stop-gradient; the distance's gradient reaches only the chosen generated samples.
+  """
+  xf = jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32)
+  gf = jax.lax.stop_gradient(jnp.reshape(fz, (fz.shape[0], -1))).astype(jnp.float32)
+  d2 = jnp.sum(xf**2, 1)[:, None] - 2.0 * xf @ gf.T + jnp.sum(gf**2, 1)[None, :]
+  if labels_x is None:
+    valid = jnp.ones((x.shape[0],), bool)
+  else:
+    same = (labels_x @ labels_z.T) > 0.5
+    d2 = jnp.where(same, d2, jnp.inf)
+    valid = jnp.any(same, axis=1)
+  nearest = jnp.argmin(d2, axis=1)
+  per_sample = jnp.where(valid, distance(fz[nearest], x, distance_kind), 0.0)
+  return jnp.sum(per_sample) / jnp.maximum(jnp.sum(valid), 1)
+
+
 def ign_losses(f: Callable, params, x, z, labels_x=None, labels_z=None, rng=None, *, distance_kind="l1",
-               clamp=1.5, clamp_mode="per_sample", weights=(20.0, 20.0, 2.5)):
+               clamp=1.5, clamp_mode="per_sample", weights=(20.0, 20.0, 2.5), imle_weight=0.0):
   """IGN's loss and its parts. f(params, inputs, labels, rng) -> outputs of the inputs' shape.
 
   Three applications of f: f(theta, [x; z]) (one batch), f(sg[theta], f(z)) and f(theta, sg[f(z)]).
-  `rng` (or None) is split into one key per application (dropout). Returns (loss, aux) with aux holding the
-  batch means rec, idem, tight_raw (L~tight), tight (clamped) and fz = f(z).
+  `rng` (or None) is split into one key per application (dropout). `imle_weight` > 0 adds imle_loss on the same
+  f(x), f(z) pass. Returns (loss, aux) with aux holding the batch means rec, idem, tight_raw (L~tight), tight
+  (clamped), imle (0 when off) and fz = f(z).
   """
   n = x.shape[0]
   keys = (None,) * 3 if rng is None else tuple(jax.random.split(rng, 3))
@@ -111,8 +143,9 @@ def ign_losses(f: Callable, params, x, z, labels_x=None, labels_z=None, rng=None
   tight_raw = -distance(f(params, fz_sg, labels_z, keys[2]), fz_sg, distance_kind)
   tight = tight_clamp(tight_raw, rec, clamp, clamp_mode) if clamp > 0 else jnp.mean(tight_raw)
   w_rec, w_idem, w_tight = weights
-  loss = w_rec * jnp.mean(rec) + w_idem * jnp.mean(idem) + w_tight * tight
-  aux = dict(rec=jnp.mean(rec), idem=jnp.mean(idem), tight_raw=jnp.mean(tight_raw), tight=tight, fz=fz)
+  imle = imle_loss(x, fz, labels_x, labels_z, distance_kind) if imle_weight > 0 else jnp.zeros((), jnp.float32)
+  loss = w_rec * jnp.mean(rec) + w_idem * jnp.mean(idem) + w_tight * tight + imle_weight * imle
+  aux = dict(rec=jnp.mean(rec), idem=jnp.mean(idem), tight_raw=jnp.mean(tight_raw), tight=tight, imle=imle, fz=fz)
   return loss, aux
 
 
@@ -225,7 +258,7 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
   sigma = cfg.sigma
   loss_fn = functools.partial(
       ign_losses, distance_kind=cfg.distance, clamp=cfg.tight_clamp, clamp_mode=cfg.tight_clamp_mode,
-      weights=(cfg.lambda_rec, cfg.lambda_idem, cfg.lambda_tight))
+      weights=(cfg.lambda_rec, cfg.lambda_idem, cfg.lambda_tight), imle_weight=cfg.lambda_imle)
 
   def f(params, x, labels, rng):
     return apply_fn(params, x, sigma, labels, train=True, rngs=None if rng is None else {"dropout": rng})
@@ -262,6 +295,8 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
                           ema={ROLE: state_lib.ema_update(state.ema[ROLE], state.params[ROLE], decay)})
     metrics.update({f"{ROLE}/loss": loss, f"{ROLE}/loss_rec": aux["rec"], f"{ROLE}/loss_idem": aux["idem"],
                     f"{ROLE}/loss_tight": aux["tight"], f"{ROLE}/loss_tight_raw": aux["tight_raw"]})
+    if cfg.lambda_imle > 0:
+      metrics[f"{ROLE}/loss_imle"] = aux["imle"]
     return state, metrics
 
   def sample(state, rng, num, labels=None, steps=None):
@@ -275,6 +310,6 @@ def build(cfg, networks, spec, run: base.RunFacts) -> base.Objective:
                         apply_fn=apply_fn)
 
 
-__all__ = ["default_config", "build", "ign_losses", "tight_clamp", "distance", "fourier_amplitude",
+__all__ = ["default_config", "build", "ign_losses", "imle_loss", "tight_clamp", "distance", "fourier_amplitude",
            "fourier_noise", "project", "projector", "CORRUPTIONS", "corrupt_noise", "corrupt_mask",
            "corrupt_blur", "corrupt_sketch"]
