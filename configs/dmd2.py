@@ -18,11 +18,6 @@ def get_config(arg: str = "digits"):
   o = c.objective.dmd2
   if "fewstep" in flags:
     o.denoising_timesteps = (999, 749, 499, 249)
-  if dataset == "digits":
-    # SiD's digits length: one-step FD 4.83 after 5000 steps against 5.79 after 2000, 4.94 at step 4000 (the
-    # teacher's Heun NFE 35: 2.98; experiments/digits_every_objective.md). f-distill, which shares the rest of these
-    # settings, has been measured at 2000 steps only and keeps them.
-    c.train.num_steps = 5000
   apply_method_settings(c, o, dataset, flags)
   return sid_config.finish(c, flags)
 
@@ -66,6 +61,9 @@ def apply_method_settings(c, o, dataset: str, flags):
     # lr 1e-4 for every role, each cosine ending with the run: one-step FD 5.79 at 2000 steps against 7.58 for a
     # constant 2e-5 and 7.46 for 5e-5 decayed. The generator's cosine must span its own updates (1 in 5 steps):
     # over 2000 of them it stayed near 1e-4 and collapsed at step 2000 (FD 896; experiments/digits_every_objective.md).
+    # SiD's digits length: one-step FD 4.83 (dmd2) and 4.88 (f-distill) after 5000 steps against 5.79 and 5.83
+    # after 2000 (the teacher's Heun NFE 35: 2.98; experiments/digits_every_objective.md).
+    c.train.num_steps = 5000
     o.generator_optimizer.update(lr=1e-4, warmup_steps=20)
     o.fake_score_optimizer.update(lr=1e-4, warmup_steps=100)
     o.critic_optimizer.update(lr=1e-4, warmup_steps=100)
