@@ -32,7 +32,7 @@ def get_config(arg: str = "digits"):
     # The first 8000 steps of CIFAR-10's 800k-step curriculum (N 2 -> 16 levels), not the whole curriculum
     # squeezed into the run: that reaches 25 levels by step 100 and 151 at the end, the consistency never climbs
     # to sigma_max and the one-step samples stayed noise (digits FD 948 after 4000 steps). With this schedule:
-    # FD 44 at step 600, 9.4 at 4000 (experiments/digits_every_objective.md).
+    # FD 44 at step 600, 9.4 at 4000, 6.8 at 8000 (experiments/digits_every_objective.md).
     o.update(start_scales=2, end_scales=150, start_ema=0.9, total_steps=800_000)
     o.optimizer.update(lr=2e-4)
     c.train.num_steps = 8000
