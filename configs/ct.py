@@ -12,6 +12,7 @@ from configs import cd as cd_config
 from configs import sid as sid_config
 
 ARGS = ("toy2d", "toy2d,grid25", "digits", "cifar10", "imagenet64")
+PAPER_STEPS = 800_000   # K, the length of the papers' CIFAR-10 and ImageNet-64 runs and curricula
 
 
 def get_config(arg: str = "digits"):
@@ -33,19 +34,19 @@ def get_config(arg: str = "digits"):
     # squeezed into the run: that reaches 25 levels by step 100 and 151 at the end, the consistency never climbs
     # to sigma_max and the one-step samples stayed noise (digits FD 948 after 4000 steps). With this schedule:
     # FD 44 at step 600, 9.4 at 4000, 6.8 at 8000 (experiments/digits_every_objective.md).
-    o.update(start_scales=2, end_scales=150, start_ema=0.9, total_steps=800_000)
+    o.update(start_scales=2, end_scales=150, start_ema=0.9, total_steps=PAPER_STEPS)
     o.optimizer.update(lr=2e-4)
     c.train.num_steps = 8000
   elif dataset == "cifar10":
-    o.update(start_scales=2, end_scales=150, start_ema=0.9, distance="l2", total_steps=800_000)
+    o.update(start_scales=2, end_scales=150, start_ema=0.9, distance="l2", total_steps=PAPER_STEPS)
     o.optimizer.update(name="radam", lr=2e-4, warmup_steps=10_000_000 // 512)
     o.ema.update(halflife_kimg=0.0, decay=0.9999)
     c.data.batch_size = 512
   elif dataset == "imagenet64":
-    o.update(start_scales=2, end_scales=200, start_ema=0.95, distance="l2", total_steps=800_000,
+    o.update(start_scales=2, end_scales=200, start_ema=0.95, distance="l2", total_steps=PAPER_STEPS,
              sample_sigmas=(80.0, 1.9128436206953614))
     o.optimizer.update(name="radam", lr=1e-4)
     o.ema.update(halflife_kimg=0.0, decay=0.9999432189950708)
     c.data.batch_size = 2048
-    c.train.num_steps = 800_000
+    c.train.num_steps = PAPER_STEPS
   return sid_config.finish(c, flags)
