@@ -145,6 +145,10 @@ def run_one(name, args, teacher_fd):
     label = name + (f", {n} steps" if n > 1 else "") + (f" ({args.label})" if args.label else "")
     final_draws = draws(lambda key, n=n: train.generate(objective, state, key, args.num_samples, 250,
                                                         dataset.spec.num_classes, n), draw_seeds(args))
+    if args.grids:   # 100 final samples; a conditional generator's columns are its classes
+      samples, _ = train.generate(objective, state, jax.random.key(args.seed + 1), 100, 100,
+                                  dataset.spec.num_classes, n)
+      evaluation.save_image_grid(samples, f"{args.out}_{name}_{n}step.png", ncols=10)
     results.append({"objective": label, "sampler_steps": n, "final": history[-1],
                     "best": min(history, key=lambda r: r["digits_fd"]), "reached": reached[n], "history": history,
                     "final_draws": final_draws, "compile_seconds": compile_seconds,
@@ -222,6 +226,8 @@ def main():
                       help="evaluate the teacher and each final generator on this many more sample draws")
   parser.add_argument("--set", action="append", default=[],
                       help="config override KEY=VALUE (JSON value), e.g. objective.sid.alpha=1.0; repeatable")
+  parser.add_argument("--grids", action="store_true",
+                      help="also write 100 final samples of each generator as OUT_<objective>_<n>step.png")
   parser.add_argument("--label", default="", help="a note shown next to the objective's name in the table")
   parser.add_argument("--merge", default="",
                       help="comma-separated .json files (FILE#a+b: only objectives a, b of it): only write their "
