@@ -127,6 +127,35 @@ def test_bottleneck_head_matches_dmd2_at_8x8_and_adapts_to_small_bottlenecks():
   assert discriminator._head_stages(4) == ((4, 2, 1), (2, 2, 0))  # pylint: disable=protected-access
 
 
+def test_minibatch_std_is_the_mean_feature_std_of_each_group_of_consecutive_samples():
+  h = np.random.default_rng(0).normal(size=(6, 3, 2, 5)).astype(np.float32)
+  out = np.asarray(discriminator.minibatch_std(jnp.asarray(h), 4))   # 6 samples: groups of 3 (largest divisor <= 4)
+  assert out.shape == (6, 3, 2, 6)
+  np.testing.assert_array_equal(out[..., :5], h)
+  for g in range(2):
+    group = h[3 * g:3 * g + 3]
+    want = np.mean(np.sqrt(np.var(group, axis=0) + 1e-8))   # population std over the group, then the mean
+    np.testing.assert_allclose(out[3 * g:3 * g + 3, ..., 5], want, rtol=1e-5)
+  same = np.repeat(h[:1], 6, axis=0)                       # a collapsed batch: spread ~0 (the 1e-8 floor)
+  np.testing.assert_allclose(np.asarray(discriminator.minibatch_std(jnp.asarray(same), 2))[..., 5], 1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_minibatch_std_makes_a_logit_depend_on_its_group_only(kind):
+  shape = (8,) if kind == "mlp" else (8, 8, 1)
+  spec = data_lib.DataSpec(key="x" if kind == "mlp" else "image", shape=shape, num_classes=0)
+  x = jax.random.normal(jax.random.key(0), (4, *shape))
+  moved = x.at[1].add(1.0)                                  # change sample 1 only
+  for group, dependent in ((0, False), (2, True)):
+    cfg = discriminator.critic_config(kind=kind, hidden=16, depth=2, channels=4, channel_mult=(1, 2),
+                                      minibatch_std=group)
+    critic = discriminator.build_critic(cfg, spec)
+    params = critic.init(jax.random.key(1), x)
+    before, after = critic.apply(params, x), critic.apply(params, moved)
+    assert bool(before[0] != after[0]) == dependent         # sample 0 shares sample 1's group only with the layer
+    np.testing.assert_array_equal(before[2:], after[2:])    # the other group never sees sample 1
+
+
 def _toy(module, critic_steps=1):
   config = module.get_config("toy2d,smoke")
   if module is adversarial_config:

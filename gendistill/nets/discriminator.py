@@ -11,7 +11,12 @@ Conditioning. `noise_conditioned=True` embeds `noise_labels` [N] (e.g. Diffusion
 with the positional embedding of the UNet and adds a learned projection of it to every hidden layer (a per-layer
 bias); `noise_labels=None` then means 0. `label_dim > 0` makes the critic class-conditional through a projection
 term (Miyato & Koyama 2018): logit = w^T h + <embed(y), h> with y one-hot [N, label_dim] (zeros = unconditional).
-The critics have no normalisation layers, so samples are independent (what per-sample R1 norms need).
+The critics have no normalisation layers, so samples are independent (what per-sample R1 norms need), unless
+`minibatch_std` > 0: StyleGAN's minibatch standard deviation, the features' spread over each group of that many
+consecutive samples appended as one more feature before the final dense layers, so that the critic can see a
+generator whose samples are too alike. Groups are consecutive, so they stay inside one device's shard of a
+batch-sharded input. In a class-conditional batch a group mixes classes, so the feature measures the spread between
+classes more than within one (on digits it did not stop the GAN drawing one image per class).
 
 `build_critic(cfg, spec)` makes the critic a `critic` config section (`critic_config()`) asks for.
 """
@@ -34,6 +39,7 @@ def critic_config(**overrides) -> ml_collections.ConfigDict:
       channel_mult=(1, 2, 2),   # conv critic: channels per resolution, 2x average-pool between them
       noise_conditioned=False,  # embed noise_labels (Diffusion-GAN t, or a noise level) into every layer
       noise_channels=64,        # size of the noise-level embedding
+      minibatch_std=0,          # group size of StyleGAN's minibatch standard deviation feature; 0 = off
   ))
   c.update(overrides)
   return c
@@ -42,6 +48,22 @@ def critic_config(**overrides) -> ml_collections.ConfigDict:
 def _noise_embedding(noise_labels, n, channels):
   labels = jnp.zeros((n,), jnp.float32) if noise_labels is None else jnp.reshape(noise_labels, (n,))
   return layers.positional_embedding(labels.astype(jnp.float32), channels, endpoint=True)
+
+
+def minibatch_std(h, group_size: int):
+  """h [N, ...] -> h with one more channel (last axis): the std over each group of `group_size` consecutive samples
+  of every feature, averaged over the features, broadcast to the group's samples (StyleGAN's minibatch std layer).
+
+  The group is the largest divisor of N that is at most `group_size` (N = 1: a zero feature).
+  """
+  n = h.shape[0]
+  group = max(g for g in range(1, min(group_size, n) + 1) if n % g == 0)
+  y = jnp.reshape(h, (n // group, group, *h.shape[1:])).astype(jnp.float32)
+  std = jnp.sqrt(jnp.var(y, axis=1) + 1e-8)                            # [N / G, ...]
+  std = jnp.mean(jnp.reshape(std, (n // group, -1)), axis=1)           # [N / G]
+  feature = jnp.repeat(std, group)                                     # [N]
+  feature = jnp.broadcast_to(jnp.reshape(feature, (n,) + (1,) * (h.ndim - 1)), h.shape[:-1] + (1,))
+  return jnp.concatenate([h, feature.astype(h.dtype)], axis=-1)
 
 
 def _projection(h, class_labels, label_dim):
@@ -61,6 +83,7 @@ class MLPCritic(nn.Module):
   label_dim: int = 0
   noise_conditioned: bool = False
   noise_channels: int = 64
+  minibatch_std: int = 0
 
   @nn.compact
   def __call__(self, x, noise_labels=None, class_labels=None, train: bool = False):
@@ -71,6 +94,8 @@ class MLPCritic(nn.Module):
     if self.noise_conditioned:
       emb = nn.silu(nn.Dense(self.hidden, name="map_noise")(_noise_embedding(noise_labels, n, self.noise_channels)))
     for i in range(self.depth):
+      if self.minibatch_std and i == self.depth - 1:
+        h = minibatch_std(h, self.minibatch_std)
       h = nn.Dense(self.hidden, name=f"layer{i}")(h)
       if emb is not None:
         h = h + nn.Dense(self.hidden, name=f"noise{i}")(emb)
@@ -92,6 +117,7 @@ class ConvCritic(nn.Module):
   label_dim: int = 0
   noise_conditioned: bool = False
   noise_channels: int = 64
+  minibatch_std: int = 0
 
   @nn.compact
   def __call__(self, x, noise_labels=None, class_labels=None, train: bool = False):
@@ -108,6 +134,8 @@ class ConvCritic(nn.Module):
       if emb is not None:
         h = h + nn.Dense(features, name=f"noise{i}")(emb)[:, None, None, :]
       h = nn.leaky_relu(h, 0.2)
+    if self.minibatch_std:
+      h = minibatch_std(h, self.minibatch_std)
     h = nn.leaky_relu(nn.Dense(self.hidden, name="dense")(jnp.reshape(h, (n, -1))), 0.2)
     out = nn.Dense(1, name="out")(h)[:, 0]
     return out + _projection(h, class_labels, self.label_dim)
@@ -163,7 +191,7 @@ def build_critic(cfg: ml_collections.ConfigDict, spec) -> nn.Module:
   if kind == "auto":
     kind = "mlp" if len(spec.shape) == 1 else "conv"
   common = dict(label_dim=spec.num_classes, noise_conditioned=cfg.noise_conditioned,
-                noise_channels=cfg.noise_channels)
+                noise_channels=cfg.noise_channels, minibatch_std=cfg.minibatch_std)
   if kind == "mlp":
     return MLPCritic(hidden=cfg.hidden, depth=cfg.depth, **common)
   if kind == "conv":
@@ -173,4 +201,4 @@ def build_critic(cfg: ml_collections.ConfigDict, spec) -> nn.Module:
   raise ValueError(f"Unknown critic.kind {cfg.kind!r}; expected auto, mlp or conv.")
 
 
-__all__ = ["MLPCritic", "ConvCritic", "BottleneckHead", "build_critic", "critic_config"]
+__all__ = ["MLPCritic", "ConvCritic", "BottleneckHead", "build_critic", "critic_config", "minibatch_std"]
