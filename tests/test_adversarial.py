@@ -1,6 +1,7 @@
 """The shared adversarial pieces (losses, R1, instance noise, critics, DMD2's head), `adversarial` and `add`."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -154,6 +155,14 @@ def test_minibatch_std_makes_a_logit_depend_on_its_group_only(kind):
     before, after = critic.apply(params, x), critic.apply(params, moved)
     assert bool(before[0] != after[0]) == dependent         # sample 0 shares sample 1's group only with the layer
     np.testing.assert_array_equal(before[2:], after[2:])    # the other group never sees sample 1
+
+
+def test_a_critic_section_saved_before_minibatch_std_existed_builds_without_it():
+  saved = discriminator.critic_config().to_dict()
+  del saved["minibatch_std"]
+  critic = discriminator.build_critic(ml_collections.ConfigDict(saved), data_lib.DataSpec(key="x", shape=(2,),
+                                                                                          num_classes=0))
+  assert critic.minibatch_std == 0
 
 
 def _toy(module, critic_steps=1):

@@ -54,7 +54,7 @@ def minibatch_std(h, group_size: int):
   """h [N, ...] -> h with one more channel (last axis): the std over each group of `group_size` consecutive samples
   of every feature, averaged over the features, broadcast to the group's samples (StyleGAN's minibatch std layer).
 
-  The group is the largest divisor of N that is at most `group_size` (N = 1: a zero feature).
+  The group is the largest divisor of N that is at most `group_size` (groups of 1 give the floor sqrt(1e-8)).
   """
   n = h.shape[0]
   group = max(g for g in range(1, min(group_size, n) + 1) if n % g == 0)
@@ -191,7 +191,8 @@ def build_critic(cfg: ml_collections.ConfigDict, spec) -> nn.Module:
   if kind == "auto":
     kind = "mlp" if len(spec.shape) == 1 else "conv"
   common = dict(label_dim=spec.num_classes, noise_conditioned=cfg.noise_conditioned,
-                noise_channels=cfg.noise_channels, minibatch_std=cfg.minibatch_std)
+                noise_channels=cfg.noise_channels,
+                minibatch_std=cfg.get("minibatch_std", 0))   # .get: runs saved before the key existed ran without
   if kind == "mlp":
     return MLPCritic(hidden=cfg.hidden, depth=cfg.depth, **common)
   if kind == "conv":
